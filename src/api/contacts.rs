@@ -1,0 +1,67 @@
+//! `/v1/contacts`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiJson, AppState};
+use crate::ingest::ContactInput;
+
+/// Journeys and messages shown with a contact.
+const HISTORY_LIMIT: i64 = 100;
+
+pub async fn upsert_one(
+    State(core): State<AppState>,
+    ApiJson(input): ApiJson<ContactInput>,
+) -> Result<Json<Value>, ApiError> {
+    let mut stored = core.upsert_contacts(vec![input]).await?;
+    let contact = stored.pop().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "no contact stored",
+        )
+    })?;
+    Ok(Json(json!({ "contact": contact })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    contacts: Vec<ContactInput>,
+}
+
+pub async fn upsert_batch(
+    State(core): State<AppState>,
+    ApiJson(batch): ApiJson<Batch>,
+) -> Result<Json<Value>, ApiError> {
+    let stored = core.upsert_contacts(batch.contacts).await?;
+    Ok(Json(json!({ "upserted": stored.len() })))
+}
+
+pub async fn show(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let mut tx = core.store.read().await?;
+    let Some(contact) = tx.get_contact(&id).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "contact_not_found",
+            format!("contact `{id}` does not exist"),
+        ));
+    };
+    let journeys = tx.contact_journeys(&id, HISTORY_LIMIT).await?;
+    let messages = tx.contact_messages(&id, HISTORY_LIMIT).await?;
+    let suppression = tx.suppression(&contact.email).await?;
+    tx.commit().await?;
+    Ok(Json(json!({
+        "contact": contact,
+        "segments": [],
+        "suppression": suppression,
+        "journeys": journeys,
+        "messages": messages,
+    })))
+}

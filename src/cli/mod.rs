@@ -1,0 +1,91 @@
+//! Command-line interface: one file per command; `anyhow` context lives here, at the edge.
+
+mod migrate;
+mod preview;
+mod serve;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "herald",
+    version,
+    about = "Self-hosted behavioral email automation"
+)]
+pub struct Cli {
+    /// Project directory (workflows/, templates/, herald.toml).
+    #[arg(long, global = true, default_value = ".")]
+    dir: PathBuf,
+    /// Configuration file (default: DIR/herald.toml when it exists).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the HTTP API and the scheduler workers.
+    Serve(serve::Args),
+    /// Apply database migrations.
+    Migrate,
+    /// Check workflows and templates; exit 1 on any problem.
+    Validate,
+    /// Render a template with sample data (or the given contact/event JSON).
+    Preview(preview::Args),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(&cli.dir, cli.config.as_deref(), args).await,
+            Command::Migrate => migrate::run(&cli.dir, cli.config.as_deref()).await,
+            Command::Validate => validate::run(&cli.dir, cli.config.as_deref()),
+            Command::Preview(args) => preview::run(&cli.dir, args),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Contacts and events coming in over the API: their input shapes, validation rules, and the
+//! transactions that store them and apply their effects on journeys.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sqlx::types::Json;
+
+use crate::core::Core;
+use crate::store::{Contact, Event, MessageEvent, StoreError, Tx};
+use crate::workflow::trigger::{Effects, on_event};
+
+/// Longest accepted id (contacts, events).
+const MAX_ID_LEN: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("contact `{0}` does not exist")]
+    UnknownContact(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> IngestError {
+    IngestError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactInput {
+    pub id: String,
+    /// Required when the contact is new.
+    pub email: Option<String>,
+    /// Merged into the stored attributes; a `null` value removes that attribute.
+    pub attributes: Option<Map<String, Value>>,
+    /// Default `true` for a new contact; unchanged when omitted on update.
+    pub subscribed: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventInput {
+    /// Optional client id; posting the same id twice stores one event.
+    pub id: Option<String>,
+    pub contact_id: String,
+    pub name: String,
+    pub properties: Option<Map<String, Value>>,
+    pub timestamp: Option<DateTime<Utc>>,
+}
+
+/// What storing an event did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EventReceipt {
+    pub id: String,
+    /// True when an event with this id had been stored before; nothing else happened.
+    pub duplicate: bool,
+    #[serde(flatten)]
+    pub effects: Effects,
+}
+
+fn check_id(field: &str, id: &str) -> Result<(), IngestError> {
+    if id.trim().is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(invalid(
+            field,
+            format!("must be at most {MAX_ID_LEN} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Accepts addresses a mail server would deliver to: RFC syntax, a dotted domain, no IP
+/// literal, no quoted local part. Returns the address with its domain lowercased.
+pub fn normalize_email(field: &str, raw: &str) -> Result<String, IngestError> {
+    let raw = raw.trim();
+    let parsed: email_address::EmailAddress = raw
+        .parse()
+        .map_err(|e| invalid(field, format!("`{raw}` is not an email address: {e}")))?;
+    let (local, domain) = (parsed.local_part(), parsed.domain());
+    if local.starts_with('"')
+        || domain.starts_with('[')
+        || !domain.contains('.')
+        || domain.ends_with('.')
+    {
+        return Err(invalid(
+            field,
+            format!("`{raw}` is not a deliverable address"),
+        ));
+    }
+    Ok(format!("{local}@{}", domain.to_lowercase()))
+}
+
+impl Core {
+    /// Creates or updates contacts, in one transaction.
+    pub async fn upsert_contacts(
+        &self,
+        inputs: Vec<ContactInput>,
+    ) -> Result<Vec<Contact>, IngestError> {
+        let now = self.clock.now();
+        for (i, input) in inputs.iter().enumerate() {
+            let prefix = if inputs.len() > 1 {
+                format!("contacts[{i}].")
+            } else {
+                String::new()
+            };
+            check_id(&format!("{prefix}id"), &input.id)?;
+            if let Some(email) = &input.email {
+                normalize_email(&format!("{prefix}email"), email)?;
+            }
+        }
+        let mut tx = self.store.write().await?;
+        let mut stored = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.into_iter().enumerate() {
+            let existing = tx.get_contact(&input.id).await?;
+            let email = match (&input.email, &existing) {
+                (Some(e), _) => normalize_email("email", e)?,
+                (None, Some(c)) => c.email.clone(),
+                (None, None) => {
+                    let field = if stored.is_empty() && i == 0 {
+                        "email".to_owned()
+                    } else {
+                        format!("contacts[{i}].email")
+                    };
+                    return Err(invalid(field, "is required for a new contact"));
+                }
+            };
+            let mut attributes = match &existing {
+                Some(c) => c.attributes.0.as_object().cloned().unwrap_or_default(),
+                None => Map::new(),
+            };
+            for (k, v) in input.attributes.unwrap_or_default() {
+                if v.is_null() {
+                    attributes.remove(&k);
+                } else {
+                    attributes.insert(k, v);
+                }
+            }
+            let contact = Contact {
+                subscribed: input
+                    .subscribed
+                    .or(existing.as_ref().map(|c| c.subscribed))
+                    .unwrap_or(true),
+                created_at: existing.as_ref().map_or(now, |c| c.created_at),
+                id: input.id,
+                email,
+                attributes: Json(Value::Object(attributes)),
+                updated_at: now,
+            };
+            tx.put_contact(&contact).await?;
+            stored.push(contact);
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    /// Stores events and applies them to journeys, in one transaction: either every event and
+    /// its effects are stored, or none.
+    pub async fn ingest_events(
+        &self,
+        inputs: Vec<EventInput>,
+    ) -> Result<Vec<EventReceipt>, IngestError> {
+        let now = self.clock.now();
+        let batch = inputs.len() > 1;
+        for (i, input) in inputs.iter().enumerate() {
+            let prefix = if batch {
+                format!("events[{i}].")
+            } else {
+                String::new()
+            };
+            if let Some(id) = &input.id {
+                check_id(&format!("{prefix}id"), id)?;
+            }
+            check_id(&format!("{prefix}contact_id"), &input.contact_id)?;
+            check_id(&format!("{prefix}name"), &input.name)?;
+        }
+        let mut tx = self.store.write().await?;
+        let mut receipts = Vec::with_capacity(inputs.len());
+        let mut started = false;
+        for input in inputs {
+            let Some(contact) = tx.get_contact(&input.contact_id).await? else {
+                return Err(IngestError::UnknownContact(input.contact_id));
+            };
+            let event = Event {
+                id: input.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                contact_id: input.contact_id,
+                name: input.name,
+                properties: Json(Value::Object(input.properties.unwrap_or_default())),
+                occurred_at: input.timestamp.unwrap_or(now),
+                received_at: now,
+            };
+            if !tx.insert_event(&event).await? {
+                receipts.push(EventReceipt {
+                    id: event.id,
+                    duplicate: true,
+                    effects: Effects::default(),
+                });
+                continue;
+            }
+            record_engagement(&mut tx, &event).await?;
+            let effects = on_event(
+                &mut tx,
+                &self.workflows,
+                &contact,
+                &event,
+                now,
+                self.max_attempts,
+            )
+            .await?;
+            started |= !effects.entered.is_empty();
+            receipts.push(EventReceipt {
+                id: event.id,
+                duplicate: false,
+                effects,
+            });
+        }
+        tx.commit().await?;
+        if started {
+            self.wake_scheduler();
+        }
+        Ok(receipts)
+    }
+}
+
+/// Engagement reported as behavioral events (`email_opened`, `email_clicked` with a
+/// `message_id` property, e.g. from an external click tracker) is also recorded against the
+/// message, where `opened`/`clicked` branches look for it.
+async fn record_engagement(tx: &mut Tx, event: &Event) -> Result<(), StoreError> {
+    let kind = match event.name.as_str() {
+        "email_opened" => "opened",
+        "email_clicked" => "clicked",
+        _ => return Ok(()),
+    };
+    let Some(message_id) = event.properties.0.get("message_id").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    match tx.get_message(message_id).await? {
+        Some(m) if m.contact_id == event.contact_id => {
+            let machine = event
+                .properties
+                .0
+                .get("machine")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            tx.insert_message_event(&MessageEvent {
+                id: event.id.clone(),
+                message_id: m.id,
+                kind: kind.to_owned(),
+                detail: event.properties.clone(),
+                machine,
+                occurred_at: event.occurred_at,
+            })
+            .await?;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_policy() {
+        assert_eq!(
+            normalize_email("email", " Ana@Example.COM ").unwrap(),
+            "Ana@example.com"
+        );
+        assert!(normalize_email("email", "a@localhost").is_err());
+        assert!(normalize_email("email", "x@[127.0.0.1]").is_err());
+        assert!(normalize_email("email", "\"q\"@example.com").is_err());
+        assert!(normalize_email("email", "nope").is_err());
+    }
+}

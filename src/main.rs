@@ -1,0 +1,5 @@
+//! The `herald` command.
+
+fn main() -> std::process::ExitCode {
+    herald::cli::main()
+}

@@ -1,0 +1,105 @@
+//! A Herald project directory: `workflows/`, `segments/` and `templates/`. Loading checks
+//! everything `herald validate` checks — YAML, references, and a strict render of every
+//! template — so `serve` refuses to start on the same errors `validate` reports.
+
+use std::path::Path;
+
+use crate::diagnostic::Diagnostic;
+use crate::template::{TemplateError, TemplateRegistry};
+use crate::workflow::Workflows;
+use crate::workflow::model::StepKind;
+use crate::workflow::parse::load_dir;
+
+pub struct Project {
+    pub workflows: Workflows,
+    pub templates: TemplateRegistry,
+}
+
+fn template_diagnostic(e: TemplateError) -> Diagnostic {
+    let source = std::fs::read_to_string(&e.file).unwrap_or_default();
+    let d = Diagnostic::new(
+        e.file,
+        e.line.unwrap_or(0),
+        e.column.unwrap_or(0),
+        e.message,
+    );
+    if source.is_empty() {
+        d
+    } else {
+        d.with_source(&source)
+    }
+}
+
+/// Loads and checks the project in `dir`. `transports` names the configured transports, which
+/// `send` steps may reference.
+pub fn load(dir: &Path, transports: &[String]) -> Result<Project, Vec<Diagnostic>> {
+    let mut problems = Vec::new();
+    let templates = match TemplateRegistry::load(&dir.join("templates")) {
+        Ok(t) => {
+            problems.extend(t.check_all().into_iter().map(template_diagnostic));
+            Some(t)
+        }
+        Err(errors) => {
+            problems.extend(errors.into_iter().map(template_diagnostic));
+            None
+        }
+    };
+    // Without a template registry, still report workflow errors other than missing templates.
+    let exists = |name: &str| templates.as_ref().is_none_or(|t| t.contains(name));
+    let (defs, diagnostics) = load_dir(&dir.join("workflows"), &exists);
+    problems.extend(diagnostics);
+    for wf in &defs {
+        check_transports(&wf.steps, transports, &wf.source, &mut problems);
+    }
+    let Some(templates) = templates.filter(|_| problems.is_empty()) else {
+        for p in &mut problems {
+            if let Ok(rel) = p.file.strip_prefix(dir) {
+                p.file = rel.to_path_buf();
+            }
+        }
+        return Err(problems);
+    };
+    Ok(Project {
+        workflows: Workflows::new(defs),
+        templates,
+    })
+}
+
+fn check_transports(
+    steps: &[crate::workflow::model::Step],
+    transports: &[String],
+    file: &Path,
+    problems: &mut Vec<Diagnostic>,
+) {
+    for step in steps {
+        match &step.kind {
+            StepKind::Send(spec) => {
+                if let Some(t) = &spec.transport {
+                    if !transports.contains(t) {
+                        problems.push(Diagnostic::new(
+                            file.to_path_buf(),
+                            0,
+                            0,
+                            format!(
+                                "send `{}`: no transport named `{t}` in herald.toml",
+                                spec.template
+                            ),
+                        ));
+                    }
+                }
+            }
+            StepKind::Branch {
+                then, otherwise, ..
+            } => {
+                check_transports(then, transports, file, problems);
+                check_transports(otherwise, transports, file, problems);
+            }
+            StepKind::Split(variants) => {
+                for v in variants {
+                    check_transports(&v.steps, transports, file, problems);
+                }
+            }
+            _ => {}
+        }
+    }
+}

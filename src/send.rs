@@ -1,0 +1,340 @@
+//! The send pipeline for one `send` step: message row → policy (consent, suppression) →
+//! render → build MIME → mark `sending` → transport → receipt. The row is unique per
+//! (journey, step), so a retried step reuses it; a row found in `sending` means an earlier
+//! process died after handing the message over, and it becomes `unknown` instead of being sent
+//! again. No transaction is held across the transport call.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::core::Core;
+use crate::message::{OutgoingEmail, build};
+use crate::store::Journey;
+use crate::store::{Contact, Message, Result, Tx, message_status as ms};
+use crate::template::Mode;
+use crate::workflow::model::{Category, SendSpec};
+use crate::workflow::program::Node;
+use crate::workflow::trigger::contact_view;
+
+/// What became of a send step.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The message reached a final state (sent, suppressed, failed, unknown): move on.
+    Resolved,
+    /// A transient failure before the message was handed over: try the step again later.
+    Retry {
+        error: String,
+        retry_after: Option<std::time::Duration>,
+    },
+}
+
+pub async fn deliver(
+    core: &Core,
+    journey: &Journey,
+    node: &Node,
+    spec: &SendSpec,
+) -> Result<Delivery> {
+    let now = core.clock.now();
+    let wf = core.workflows.get(&journey.workflow);
+    let category = wf.map(|w| w.def.category).unwrap_or_default();
+    let transport_name = spec
+        .transport
+        .clone()
+        .unwrap_or_else(|| core.settings.sending.transport.clone());
+    let mut tx = core.store.write().await?;
+    let contact = tx.get_contact(&journey.contact_id).await?;
+    let row = Message {
+        id: uuid::Uuid::now_v7().to_string(),
+        journey_id: journey.id.clone(),
+        step: node.key.clone(),
+        iteration: 0,
+        contact_id: journey.contact_id.clone(),
+        workflow: journey.workflow.clone(),
+        template: spec.template.clone(),
+        category: category_name(category).to_owned(),
+        to_email: contact
+            .as_ref()
+            .map(|c| c.email.clone())
+            .unwrap_or_default(),
+        subject: None,
+        status: ms::PENDING.to_owned(),
+        transport: None,
+        provider_message_id: None,
+        detail: None,
+        attempts: 0,
+        created_at: now,
+        updated_at: now,
+        sent_at: None,
+    };
+    let message = tx.ensure_message(&row).await?;
+    match message.status.as_str() {
+        ms::PENDING => {}
+        ms::SENDING => {
+            let detail =
+                "the process stopped after handing the message to the transport; not re-sent";
+            tx.transition_message(
+                &message.id,
+                ms::SENDING,
+                ms::UNKNOWN,
+                Some(detail),
+                None,
+                None,
+                None,
+                now,
+            )
+            .await?;
+            tx.commit().await?;
+            tracing::warn!(message = %message.id, "message fate unknown after a restart; not re-sending");
+            return Ok(Delivery::Resolved);
+        }
+        _ => {
+            tx.commit().await?;
+            return Ok(Delivery::Resolved);
+        }
+    }
+    let Some(contact) = contact else {
+        return resolve(
+            tx,
+            &message,
+            ms::SUPPRESSED,
+            "contact no longer exists",
+            now,
+        )
+        .await;
+    };
+    if let Some(reason) = blocked(&mut tx, &contact, category).await? {
+        return resolve(tx, &message, ms::SUPPRESSED, &reason, now).await;
+    }
+    let unsubscribe_url = core.unsubscribe_url(&contact.id, &message.id);
+    let context = json!({
+        "contact": contact_view(&contact),
+        "event": journey.context.0.get("event").cloned().unwrap_or(json!({})),
+        "workflow": { "name": journey.workflow },
+        "message": { "id": message.id },
+        "unsubscribe_url": unsubscribe_url,
+    });
+    let rendered = match core.templates.render(
+        &spec.template,
+        &context,
+        spec.subject.as_deref(),
+        Mode::Lenient,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            return resolve(
+                tx,
+                &message,
+                ms::FAILED,
+                &format!("render failed: {e}"),
+                now,
+            )
+            .await;
+        }
+    };
+    if rendered.missing_variables {
+        tracing::warn!(message = %message.id, template = %spec.template, "template rendered with missing variables");
+    }
+    let mut headers = vec![("X-Herald-Workflow".to_owned(), journey.workflow.clone())];
+    if category == Category::Marketing {
+        headers.push((
+            "List-Unsubscribe".to_owned(),
+            format!("<{unsubscribe_url}>"),
+        ));
+        headers.push((
+            "List-Unsubscribe-Post".to_owned(),
+            "List-Unsubscribe=One-Click".to_owned(),
+        ));
+    }
+    let email = OutgoingEmail {
+        message_id: message.id.clone(),
+        from: rendered
+            .from
+            .clone()
+            .unwrap_or_else(|| core.settings.sending.from.clone()),
+        to: contact.email.clone(),
+        subject: rendered.subject.clone(),
+        html: rendered.html,
+        text: rendered.text,
+        headers,
+        date: now,
+    };
+    let built = match build(&email) {
+        Ok(b) => b,
+        Err(e) => {
+            return resolve(
+                tx,
+                &message,
+                ms::FAILED,
+                &format!("invalid message: {e}"),
+                now,
+            )
+            .await;
+        }
+    };
+    let Some(transport) = core.transports.get(&transport_name) else {
+        let detail = format!("no transport named `{transport_name}`");
+        return resolve(tx, &message, ms::FAILED, &detail, now).await;
+    };
+    let handed_over = tx
+        .transition_message(
+            &message.id,
+            ms::PENDING,
+            ms::SENDING,
+            None,
+            None,
+            Some(&rendered.subject),
+            Some(&transport_name),
+            now,
+        )
+        .await?;
+    tx.commit().await?;
+    if !handed_over {
+        return Ok(Delivery::Resolved);
+    }
+
+    let result = transport.send(&built).await;
+
+    let now = core.clock.now();
+    let mut tx = core.store.write().await?;
+    let delivery = match result {
+        Ok(receipt) => {
+            let provider_id = receipt.provider_message_id.as_deref();
+            tx.transition_message(
+                &message.id,
+                ms::SENDING,
+                ms::SENT,
+                Some(&receipt.response),
+                provider_id,
+                None,
+                None,
+                now,
+            )
+            .await?;
+            Delivery::Resolved
+        }
+        Err(e) if e.after_data => {
+            let detail = format!("connection lost after the message was transmitted: {e}");
+            tx.transition_message(
+                &message.id,
+                ms::SENDING,
+                ms::UNKNOWN,
+                Some(&detail),
+                None,
+                None,
+                None,
+                now,
+            )
+            .await?;
+            Delivery::Resolved
+        }
+        Err(e) if e.is_transient() => {
+            let detail = e.to_string();
+            tx.transition_message(
+                &message.id,
+                ms::SENDING,
+                ms::PENDING,
+                Some(&detail),
+                None,
+                None,
+                None,
+                now,
+            )
+            .await?;
+            Delivery::Retry {
+                error: detail,
+                retry_after: e.retry_after,
+            }
+        }
+        Err(e) => {
+            let detail = e.to_string();
+            tx.transition_message(
+                &message.id,
+                ms::SENDING,
+                ms::FAILED,
+                Some(&detail),
+                None,
+                None,
+                None,
+                now,
+            )
+            .await?;
+            if e.is_hard_bounce() {
+                tx.suppress(&contact.email, "hard_bounce", Some(&detail), now)
+                    .await?;
+            }
+            Delivery::Resolved
+        }
+    };
+    tx.commit().await?;
+    Ok(delivery)
+}
+
+/// Records a final status for a message that was never handed to a transport.
+async fn resolve(
+    mut tx: Tx,
+    message: &Message,
+    status: &str,
+    detail: &str,
+    now: DateTime<Utc>,
+) -> Result<Delivery> {
+    tx.transition_message(
+        &message.id,
+        ms::PENDING,
+        status,
+        Some(detail),
+        None,
+        None,
+        None,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(message = %message.id, status, detail, "message not sent");
+    Ok(Delivery::Resolved)
+}
+
+/// Marks a step's pending message failed when its job runs out of attempts.
+pub async fn give_up(
+    tx: &mut Tx,
+    journey: &Journey,
+    step: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if let Some(m) = tx.journey_message(&journey.id, step).await? {
+        tx.transition_message(
+            &m.id,
+            ms::PENDING,
+            ms::FAILED,
+            Some(reason),
+            None,
+            None,
+            None,
+            now,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Why this contact must not get this category of mail, if it must not. Marketing needs a
+/// subscribed contact and an unsuppressed address; transactional mail ignores unsubscribes
+/// but never goes to a bounced, complaining or manually suppressed address.
+async fn blocked(tx: &mut Tx, contact: &Contact, category: Category) -> Result<Option<String>> {
+    if category == Category::Marketing && !contact.subscribed {
+        return Ok(Some("contact is unsubscribed".to_owned()));
+    }
+    if let Some(s) = tx.suppression(&contact.email).await? {
+        if category == Category::Marketing || s.reason != "unsubscribed" {
+            return Ok(Some(format!("address suppressed: {}", s.reason)));
+        }
+    }
+    Ok(None)
+}
+
+pub fn category_name(c: Category) -> &'static str {
+    match c {
+        Category::Marketing => "marketing",
+        Category::Transactional => "transactional",
+    }
+}

@@ -1,0 +1,88 @@
+//! Contact rows.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+
+use super::{Contact, Result, Suppression, Tx, on_conn};
+
+impl Tx {
+    pub async fn get_contact(&mut self, id: &str) -> Result<Option<Contact>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as::<_, Contact>("SELECT * FROM contacts WHERE id = $1")
+                .bind(id)
+                .fetch_optional(c)
+                .await?
+        }))
+    }
+
+    /// Inserts or replaces the contact row as given.
+    pub async fn put_contact(&mut self, contact: &Contact) -> Result<()> {
+        on_conn!(self, c => {
+            sqlx::query(
+                "INSERT INTO contacts (id, email, attributes, subscribed, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET email = excluded.email, attributes = excluded.attributes,
+                   subscribed = excluded.subscribed, updated_at = excluded.updated_at",
+            )
+            .bind(&contact.id)
+            .bind(&contact.email)
+            .bind(&contact.attributes)
+            .bind(contact.subscribed)
+            .bind(contact.created_at)
+            .bind(contact.updated_at)
+            .execute(c)
+            .await?;
+        });
+        Ok(())
+    }
+
+    pub async fn set_contact_attributes(
+        &mut self,
+        id: &str,
+        attributes: &Value,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        on_conn!(self, c => {
+            sqlx::query("UPDATE contacts SET attributes = $2, updated_at = $3 WHERE id = $1")
+                .bind(id)
+                .bind(Json(attributes))
+                .bind(now)
+                .execute(c)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// The suppression entry for `email` (compared case-insensitively), if any.
+    pub async fn suppression(&mut self, email: &str) -> Result<Option<Suppression>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as::<_, Suppression>("SELECT * FROM suppressions WHERE email = $1")
+                .bind(email.to_lowercase())
+                .fetch_optional(c)
+                .await?
+        }))
+    }
+
+    pub async fn suppress(
+        &mut self,
+        email: &str,
+        reason: &str,
+        detail: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        on_conn!(self, c => {
+            sqlx::query(
+                "INSERT INTO suppressions (email, reason, detail, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (email) DO NOTHING",
+            )
+            .bind(email.to_lowercase())
+            .bind(reason)
+            .bind(detail)
+            .bind(now)
+            .execute(c)
+            .await?;
+        });
+        Ok(())
+    }
+}

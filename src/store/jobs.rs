@@ -1,0 +1,227 @@
+//! The durable job queue. A job is claimed by one worker at a time: claiming sets a lease
+//! (`locked_until`); every later change to the job names the worker, so a worker whose lease
+//! was reaped and re-claimed by another can no longer touch it.
+
+use chrono::{DateTime, Utc};
+
+use super::{Job, Result, Store, Tx, job_status, on_conn};
+
+impl Tx {
+    pub async fn insert_job(&mut self, job: &Job) -> Result<()> {
+        on_conn!(self, c => {
+            sqlx::query(
+                "INSERT INTO jobs (id, kind, journey_id, payload, status, run_at, attempts, max_attempts,
+                   locked_by, locked_until, last_error, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .bind(&job.id)
+            .bind(&job.kind)
+            .bind(&job.journey_id)
+            .bind(&job.payload)
+            .bind(&job.status)
+            .bind(job.run_at)
+            .bind(job.attempts)
+            .bind(job.max_attempts)
+            .bind(&job.locked_by)
+            .bind(job.locked_until)
+            .bind(&job.last_error)
+            .bind(job.created_at)
+            .bind(job.updated_at)
+            .execute(c)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Puts a held job back in the queue for `run_at`. With `reset_attempts`, the job starts a
+    /// fresh step (the previous one succeeded). Answers false if `worker` no longer holds it.
+    pub async fn requeue_job(
+        &mut self,
+        id: &str,
+        worker: &str,
+        run_at: DateTime<Utc>,
+        reset_attempts: bool,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = on_conn!(self, c => {
+            sqlx::query(
+                "UPDATE jobs SET status = 'queued', run_at = $3, locked_by = NULL, locked_until = NULL,
+                   attempts = CASE WHEN $4 THEN 0 ELSE attempts END, last_error = $5, updated_at = $6
+                 WHERE id = $1 AND locked_by = $2 AND status = 'running'",
+            )
+            .bind(id)
+            .bind(worker)
+            .bind(run_at)
+            .bind(reset_attempts)
+            .bind(error)
+            .bind(now)
+            .execute(c)
+            .await?
+            .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
+    /// Finishes a held job as `done` or `dead`.
+    pub async fn finish_job(
+        &mut self,
+        id: &str,
+        worker: &str,
+        status: &str,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        debug_assert!(status == job_status::DONE || status == job_status::DEAD);
+        let done = on_conn!(self, c => {
+            sqlx::query(
+                "UPDATE jobs SET status = $3, locked_by = NULL, locked_until = NULL, last_error = $4,
+                   updated_at = $5
+                 WHERE id = $1 AND locked_by = $2 AND status = 'running'",
+            )
+            .bind(id)
+            .bind(worker)
+            .bind(status)
+            .bind(error)
+            .bind(now)
+            .execute(c)
+            .await?
+            .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
+    /// Answers whether `worker` still holds job `id`.
+    pub async fn holds_job(&mut self, id: &str, worker: &str) -> Result<bool> {
+        let n: (i64,) = on_conn!(self, c => {
+            sqlx::query_as(
+                "SELECT COUNT(*) FROM jobs WHERE id = $1 AND locked_by = $2 AND status = 'running'",
+            )
+            .bind(id)
+            .bind(worker)
+            .fetch_one(c)
+            .await?
+        });
+        Ok(n.0 == 1)
+    }
+
+    pub async fn jobs_by_status(&mut self, status: &str, limit: i64) -> Result<Vec<Job>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as::<_, Job>("SELECT * FROM jobs WHERE status = $1 ORDER BY run_at LIMIT $2")
+                .bind(status)
+                .bind(limit)
+                .fetch_all(c)
+                .await?
+        }))
+    }
+}
+
+impl Store {
+    /// Claims up to `limit` due jobs for `worker` with a lease until `lease_until`, in one
+    /// statement per backend so two workers never claim the same job.
+    pub async fn claim_jobs(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Job>> {
+        const SQLITE: &str =
+            "UPDATE jobs SET status = 'running', locked_by = $1, locked_until = $2,
+                attempts = attempts + 1, updated_at = $3
+             WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= $3
+                          ORDER BY run_at LIMIT $4)
+             RETURNING *";
+        const POSTGRES: &str = "WITH next AS (
+                SELECT id FROM jobs WHERE status = 'queued' AND run_at <= $3
+                ORDER BY run_at LIMIT $4 FOR UPDATE SKIP LOCKED)
+             UPDATE jobs j SET status = 'running', locked_by = $1, locked_until = $2,
+                attempts = j.attempts + 1, updated_at = $3
+             FROM next WHERE j.id = next.id
+             RETURNING j.*";
+        let mut tx = self.write().await?;
+        let sql = match &tx {
+            Tx::Sqlite(_) => SQLITE,
+            Tx::Postgres(_) => POSTGRES,
+        };
+        let jobs = on_conn!(&mut tx, c => {
+            sqlx::query_as::<_, Job>(sql)
+                .bind(worker)
+                .bind(lease_until)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(c)
+                .await?
+        });
+        tx.commit().await?;
+        Ok(jobs)
+    }
+
+    /// Returns jobs whose lease expired to the queue (or to `dead` once out of attempts).
+    /// Answers how many were re-queued and how many died.
+    pub async fn reap_expired_leases(&self, now: DateTime<Utc>) -> Result<(u64, u64)> {
+        let mut tx = self.write().await?;
+        let (dead, requeued) = on_conn!(&mut tx, c => {
+            let dead = sqlx::query(
+                "UPDATE jobs SET status = 'dead', locked_by = NULL, locked_until = NULL,
+                   last_error = 'lease expired on the last attempt', updated_at = $1
+                 WHERE status = 'running' AND locked_until < $1 AND attempts >= max_attempts",
+            )
+            .bind(now)
+            .execute(&mut *c)
+            .await?
+            .rows_affected();
+            let requeued = sqlx::query(
+                "UPDATE jobs SET status = 'queued', locked_by = NULL, locked_until = NULL,
+                   last_error = 'lease expired', updated_at = $1
+                 WHERE status = 'running' AND locked_until < $1",
+            )
+            .bind(now)
+            .execute(&mut *c)
+            .await?
+            .rows_affected();
+            (dead, requeued)
+        });
+        tx.commit().await?;
+        Ok((requeued, dead))
+    }
+
+    /// The earliest instant something needs a worker: a queued job's `run_at` or a lease expiry.
+    pub async fn next_wakeup(&self) -> Result<Option<DateTime<Utc>>> {
+        let mut tx = self.read().await?;
+        let (due, lease): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = on_conn!(&mut tx, c => {
+            let due: (Option<DateTime<Utc>>,) =
+                sqlx::query_as("SELECT MIN(run_at) FROM jobs WHERE status = 'queued'")
+                    .fetch_one(&mut *c)
+                    .await?;
+            let lease: (Option<DateTime<Utc>>,) =
+                sqlx::query_as("SELECT MIN(locked_until) FROM jobs WHERE status = 'running'")
+                    .fetch_one(&mut *c)
+                    .await?;
+            (due.0, lease.0)
+        });
+        tx.commit().await?;
+        Ok(match (due, lease) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+}
+
+impl Tx {
+    /// Marks a job dead regardless of who holds it (used when its journey gives up).
+    pub async fn mark_job_dead(&mut self, id: &str, error: &str, now: DateTime<Utc>) -> Result<()> {
+        on_conn!(self, c => {
+            sqlx::query(
+                "UPDATE jobs SET status = 'dead', locked_by = NULL, locked_until = NULL, last_error = $2,
+                   updated_at = $3 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(error)
+            .bind(now)
+            .execute(c)
+            .await?;
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,159 @@
+//! Journey rows: one contact's path through one workflow.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+
+use super::{Journey, Result, Tx, journey_status, on_conn};
+
+impl Tx {
+    /// Inserts a journey; answers false when an active journey for the same
+    /// (workflow, contact, key) already exists.
+    pub async fn insert_journey(&mut self, j: &Journey) -> Result<bool> {
+        let done = on_conn!(self, c => {
+            sqlx::query(
+                "INSERT INTO journeys (id, workflow, contact_id, journey_key, status, step, context,
+                   entered_at, updated_at, ended_at, end_reason)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&j.id)
+            .bind(&j.workflow)
+            .bind(&j.contact_id)
+            .bind(&j.journey_key)
+            .bind(&j.status)
+            .bind(&j.step)
+            .bind(&j.context)
+            .bind(j.entered_at)
+            .bind(j.updated_at)
+            .bind(j.ended_at)
+            .bind(&j.end_reason)
+            .execute(c)
+            .await?
+            .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
+    pub async fn get_journey(&mut self, id: &str) -> Result<Option<Journey>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as::<_, Journey>("SELECT * FROM journeys WHERE id = $1")
+                .bind(id)
+                .fetch_optional(c)
+                .await?
+        }))
+    }
+
+    /// The latest journey of `workflow` for this contact and key, active or not.
+    pub async fn latest_journey(
+        &mut self,
+        workflow: &str,
+        contact_id: &str,
+        key: &str,
+    ) -> Result<Option<Journey>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as::<_, Journey>(
+                "SELECT * FROM journeys WHERE workflow = $1 AND contact_id = $2 AND journey_key = $3
+                 ORDER BY entered_at DESC LIMIT 1",
+            )
+            .bind(workflow)
+            .bind(contact_id)
+            .bind(key)
+            .fetch_optional(c)
+            .await?
+        }))
+    }
+
+    pub async fn active_journeys(&mut self, contact_id: &str) -> Result<Vec<Journey>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as::<_, Journey>(
+                "SELECT * FROM journeys WHERE contact_id = $1 AND status = 'active' ORDER BY entered_at",
+            )
+            .bind(contact_id)
+            .fetch_all(c)
+            .await?
+        }))
+    }
+
+    pub async fn contact_journeys(&mut self, contact_id: &str, limit: i64) -> Result<Vec<Journey>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as::<_, Journey>(
+                "SELECT * FROM journeys WHERE contact_id = $1 ORDER BY entered_at DESC LIMIT $2",
+            )
+            .bind(contact_id)
+            .bind(limit)
+            .fetch_all(c)
+            .await?
+        }))
+    }
+
+    /// Moves an active journey to `step`, optionally replacing its context. Answers false when
+    /// the journey is no longer active (it exited meanwhile).
+    pub async fn advance_journey(
+        &mut self,
+        id: &str,
+        step: &str,
+        context: Option<&Value>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = on_conn!(self, c => {
+            match context {
+                Some(ctx) => sqlx::query(
+                    "UPDATE journeys SET step = $2, context = $3, updated_at = $4
+                     WHERE id = $1 AND status = 'active'",
+                )
+                .bind(id)
+                .bind(step)
+                .bind(Json(ctx))
+                .bind(now)
+                .execute(c)
+                .await?,
+                None => sqlx::query(
+                    "UPDATE journeys SET step = $2, updated_at = $3 WHERE id = $1 AND status = 'active'",
+                )
+                .bind(id)
+                .bind(step)
+                .bind(now)
+                .execute(c)
+                .await?,
+            }
+            .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
+    /// Ends an active journey with `status` (see [`journey_status`]) and stops its job.
+    /// Answers false when it had already ended.
+    pub async fn end_journey(
+        &mut self,
+        id: &str,
+        status: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        debug_assert!(status != journey_status::ACTIVE);
+        let done = on_conn!(self, c => {
+            let n = sqlx::query(
+                "UPDATE journeys SET status = $2, step = NULL, ended_at = $3, updated_at = $3, end_reason = $4
+                 WHERE id = $1 AND status = 'active'",
+            )
+            .bind(id)
+            .bind(status)
+            .bind(now)
+            .bind(reason)
+            .execute(&mut *c)
+            .await?
+            .rows_affected();
+            sqlx::query(
+                "UPDATE jobs SET status = 'done', locked_by = NULL, locked_until = NULL, updated_at = $2
+                 WHERE journey_id = $1 AND status IN ('queued', 'running')",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut *c)
+            .await?;
+            n
+        });
+        Ok(done == 1)
+    }
+}

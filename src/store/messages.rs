@@ -1,0 +1,168 @@
+//! Outgoing message rows and what happened to them. A message row is unique per
+//! (journey, step, iteration) and is written before any transport is called.
+
+use chrono::{DateTime, Utc};
+
+use super::{Message, MessageEvent, Result, Tx, on_conn};
+
+impl Tx {
+    /// Inserts the message unless its (journey, step, iteration) exists; returns the stored row.
+    pub async fn ensure_message(&mut self, m: &Message) -> Result<Message> {
+        Ok(on_conn!(self, c => {
+            sqlx::query(
+                "INSERT INTO messages (id, journey_id, step, iteration, contact_id, workflow, template,
+                   category, to_email, subject, status, transport, provider_message_id, detail, attempts,
+                   created_at, updated_at, sent_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+                 ON CONFLICT (journey_id, step, iteration) DO NOTHING",
+            )
+            .bind(&m.id)
+            .bind(&m.journey_id)
+            .bind(&m.step)
+            .bind(m.iteration)
+            .bind(&m.contact_id)
+            .bind(&m.workflow)
+            .bind(&m.template)
+            .bind(&m.category)
+            .bind(&m.to_email)
+            .bind(&m.subject)
+            .bind(&m.status)
+            .bind(&m.transport)
+            .bind(&m.provider_message_id)
+            .bind(&m.detail)
+            .bind(m.attempts)
+            .bind(m.created_at)
+            .bind(m.updated_at)
+            .bind(m.sent_at)
+            .execute(&mut *c)
+            .await?;
+            sqlx::query_as::<_, Message>(
+                "SELECT * FROM messages WHERE journey_id = $1 AND step = $2 AND iteration = $3",
+            )
+            .bind(&m.journey_id)
+            .bind(&m.step)
+            .bind(m.iteration)
+            .fetch_one(&mut *c)
+            .await?
+        }))
+    }
+
+    /// Moves a message from status `from` to `to`, recording what is known. Answers false when
+    /// the message was not in `from` (someone else moved it first).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn transition_message(
+        &mut self,
+        id: &str,
+        from: &str,
+        to: &str,
+        detail: Option<&str>,
+        provider_message_id: Option<&str>,
+        subject: Option<&str>,
+        transport: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = on_conn!(self, c => {
+            sqlx::query(
+                "UPDATE messages SET status = $3, detail = COALESCE($4, detail),
+                   provider_message_id = COALESCE($5, provider_message_id),
+                   subject = COALESCE($6, subject), transport = COALESCE($7, transport),
+                   attempts = attempts + CASE WHEN $3 = 'sending' THEN 1 ELSE 0 END,
+                   sent_at = CASE WHEN $3 = 'sent' THEN $8 ELSE sent_at END, updated_at = $8
+                 WHERE id = $1 AND status = $2",
+            )
+            .bind(id)
+            .bind(from)
+            .bind(to)
+            .bind(detail)
+            .bind(provider_message_id)
+            .bind(subject)
+            .bind(transport)
+            .bind(now)
+            .execute(c)
+            .await?
+            .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
+    pub async fn get_message(&mut self, id: &str) -> Result<Option<Message>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as::<_, Message>("SELECT * FROM messages WHERE id = $1")
+                .bind(id)
+                .fetch_optional(c)
+                .await?
+        }))
+    }
+
+    /// The journey's message for `step` (latest iteration).
+    pub async fn journey_message(
+        &mut self,
+        journey_id: &str,
+        step: &str,
+    ) -> Result<Option<Message>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as::<_, Message>(
+                "SELECT * FROM messages WHERE journey_id = $1 AND step = $2 ORDER BY iteration DESC LIMIT 1",
+            )
+            .bind(journey_id)
+            .bind(step)
+            .fetch_optional(c)
+            .await?
+        }))
+    }
+
+    pub async fn contact_messages(&mut self, contact_id: &str, limit: i64) -> Result<Vec<Message>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as::<_, Message>(
+                "SELECT * FROM messages WHERE contact_id = $1 ORDER BY created_at DESC LIMIT $2",
+            )
+            .bind(contact_id)
+            .bind(limit)
+            .fetch_all(c)
+            .await?
+        }))
+    }
+
+    pub async fn insert_message_event(&mut self, e: &MessageEvent) -> Result<bool> {
+        let done = on_conn!(self, c => {
+            sqlx::query(
+                "INSERT INTO message_events (id, message_id, kind, detail, machine, occurred_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&e.id)
+            .bind(&e.message_id)
+            .bind(&e.kind)
+            .bind(&e.detail)
+            .bind(e.machine)
+            .bind(e.occurred_at)
+            .execute(c)
+            .await?
+            .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
+    /// Answers whether the message has a human (not machine) event of `kind`.
+    pub async fn message_has_event(&mut self, message_id: &str, kind: &str) -> Result<bool> {
+        let n: (i64,) = on_conn!(self, c => {
+            sqlx::query_as(
+                "SELECT COUNT(*) FROM message_events WHERE message_id = $1 AND kind = $2 AND machine = $3",
+            )
+            .bind(message_id)
+            .bind(kind)
+            .bind(false)
+            .fetch_one(c)
+            .await?
+        });
+        Ok(n.0 > 0)
+    }
+
+    /// Message counts by status (for reports and tests).
+    pub async fn message_status_counts(&mut self) -> Result<Vec<(String, i64)>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as("SELECT status, COUNT(*) FROM messages GROUP BY status ORDER BY status")
+                .fetch_all(c)
+                .await?
+        }))
+    }
+}

@@ -1,0 +1,129 @@
+//! Rows as plain data. Field types decode identically from SQLite and PostgreSQL.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::types::Json;
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct Contact {
+    pub id: String,
+    pub email: String,
+    pub attributes: Json<Value>,
+    pub subscribed: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct Event {
+    pub id: String,
+    pub contact_id: String,
+    pub name: String,
+    pub properties: Json<Value>,
+    pub occurred_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Lifecycle of a journey.
+pub mod journey_status {
+    pub const ACTIVE: &str = "active";
+    pub const COMPLETED: &str = "completed";
+    pub const EXITED: &str = "exited";
+    pub const FAILED: &str = "failed";
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct Journey {
+    pub id: String,
+    pub workflow: String,
+    pub contact_id: String,
+    pub journey_key: String,
+    pub status: String,
+    /// Key of the next step to run; `None` once the journey has ended.
+    pub step: Option<String>,
+    /// The triggering event and journey-scoped data (split variants, …).
+    pub context: Json<Value>,
+    pub entered_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub end_reason: Option<String>,
+}
+
+/// Lifecycle of a job.
+pub mod job_status {
+    pub const QUEUED: &str = "queued";
+    pub const RUNNING: &str = "running";
+    pub const DONE: &str = "done";
+    pub const DEAD: &str = "dead";
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct Job {
+    pub id: String,
+    pub kind: String,
+    pub journey_id: Option<String>,
+    pub payload: Json<Value>,
+    pub status: String,
+    pub run_at: DateTime<Utc>,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub locked_by: Option<String>,
+    pub locked_until: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Lifecycle of an outgoing message.
+pub mod message_status {
+    /// Row written, transport not called yet (or called and failed transiently).
+    pub const PENDING: &str = "pending";
+    /// Handed to the transport; a crash here leaves the fate unknown.
+    pub const SENDING: &str = "sending";
+    pub const SENT: &str = "sent";
+    pub const FAILED: &str = "failed";
+    /// The process stopped between handing over and the receipt: never re-sent.
+    pub const UNKNOWN: &str = "unknown";
+    pub const SUPPRESSED: &str = "suppressed";
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct Message {
+    pub id: String,
+    pub journey_id: String,
+    pub step: String,
+    pub iteration: i64,
+    pub contact_id: String,
+    pub workflow: String,
+    pub template: String,
+    pub category: String,
+    pub to_email: String,
+    pub subject: Option<String>,
+    pub status: String,
+    pub transport: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub detail: Option<String>,
+    pub attempts: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct MessageEvent {
+    pub id: String,
+    pub message_id: String,
+    pub kind: String,
+    pub detail: Json<Value>,
+    pub machine: bool,
+    pub occurred_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct Suppression {
+    pub email: String,
+    pub reason: String,
+    pub detail: Option<String>,
+    pub created_at: DateTime<Utc>,
+}

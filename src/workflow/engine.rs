@@ -1,0 +1,444 @@
+//! The journey engine: runs a claimed journey job step by step until the journey waits, ends or
+//! needs a retry. Every move is committed before the next step starts, and every change checks
+//! that this worker still holds the job's lease, so a journey never runs on two workers at once.
+
+use chrono::{DateTime, Datelike, NaiveTime, TimeDelta, TimeZone, Utc, Weekday};
+use chrono_tz::Tz;
+use serde_json::Value;
+use sqlx::types::Json;
+
+use super::condition::{Subject, evaluate};
+use super::model::{StepKind, Variant, Wait};
+use super::program::Node;
+use super::trigger::contact_view;
+use crate::core::Core;
+use crate::send::{self, Delivery};
+use crate::store::{Job, Journey, Result, Tx, job_status, journey_status};
+
+/// How a job run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The journey ended (or was already over); the job is done.
+    Done,
+    /// The journey waits; the job is queued for later.
+    Waiting(DateTime<Utc>),
+    /// A transient failure; the job is queued for a retry.
+    Retrying(DateTime<Utc>),
+    /// Out of attempts: the job is dead and the journey failed.
+    Dead,
+    /// Another worker took the job over (our lease expired); we stopped touching it.
+    LeaseLost,
+}
+
+/// Where a journey goes after a step.
+enum Move {
+    To(Option<String>),
+    End(&'static str, String),
+}
+
+pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
+    let Some(journey_id) = job.journey_id.as_deref() else {
+        return finish(
+            core,
+            job,
+            job_status::DEAD,
+            Some("journey job without a journey"),
+        )
+        .await;
+    };
+    loop {
+        let now = core.clock.now();
+        let mut tx = core.store.write().await?;
+        if !tx.holds_job(&job.id, &core.worker_id).await? {
+            tx.rollback().await?;
+            return Ok(Outcome::LeaseLost);
+        }
+        let journey = match tx.get_journey(journey_id).await? {
+            Some(j) if j.status == journey_status::ACTIVE => j,
+            _ => {
+                tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
+                    .await?;
+                tx.commit().await?;
+                return Ok(Outcome::Done);
+            }
+        };
+        let node = match locate(core, &journey) {
+            Ok(node) => node,
+            Err(reason) => {
+                end(
+                    &mut tx,
+                    core,
+                    job,
+                    &journey,
+                    journey_status::FAILED,
+                    &reason,
+                    now,
+                )
+                .await?;
+                tx.commit().await?;
+                return Ok(Outcome::Done);
+            }
+        };
+        let mv = match &node.step.kind {
+            StepKind::Wait(wait) => {
+                let until = wait_until(core, &mut tx, &journey, wait, now).await?;
+                let Some(next) = node.next.clone() else {
+                    end(
+                        &mut tx,
+                        core,
+                        job,
+                        &journey,
+                        journey_status::COMPLETED,
+                        "completed",
+                        now,
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    return Ok(Outcome::Done);
+                };
+                tx.advance_journey(&journey.id, &next, None, now).await?;
+                tx.requeue_job(&job.id, &core.worker_id, until, true, None, now)
+                    .await?;
+                tx.commit().await?;
+                core.wake_scheduler();
+                return Ok(Outcome::Waiting(until));
+            }
+            StepKind::WaitFor { .. } => Move::End(
+                journey_status::FAILED,
+                "`wait_for` is not supported by this version".to_owned(),
+            ),
+            StepKind::Branch { condition, .. } => {
+                let holds = branch_holds(core, &mut tx, &journey, condition, now).await?;
+                Move::To(node.children[if holds { 0 } else { 1 }].clone())
+            }
+            StepKind::Split(variants) => {
+                let (index, variant) = choose_variant(&journey, &node.key, variants);
+                let mut context = journey.context.0.clone();
+                if let Value::Object(map) = &mut context {
+                    let chosen = map
+                        .entry("variants")
+                        .or_insert_with(|| Value::Object(Default::default()));
+                    if let Value::Object(v) = chosen {
+                        v.insert(node.key.clone(), Value::String(variant.name.clone()));
+                    }
+                }
+                let target = node.children.get(index).cloned().flatten();
+                match target.or_else(|| node.next.clone()) {
+                    Some(next) => {
+                        tx.advance_journey(&journey.id, &next, Some(&context), now)
+                            .await?;
+                        tx.commit().await?;
+                        continue;
+                    }
+                    None => Move::To(None),
+                }
+            }
+            StepKind::Update { attribute, value } => {
+                if let Some(contact) = tx.get_contact(&journey.contact_id).await? {
+                    let mut attributes = contact.attributes.0.clone();
+                    set_path(&mut attributes, attribute, value.clone());
+                    tx.set_contact_attributes(&contact.id, &attributes, now)
+                        .await?;
+                }
+                Move::To(node.next.clone())
+            }
+            StepKind::Exit => Move::End(journey_status::COMPLETED, "exit step".to_owned()),
+            StepKind::Send(spec) => {
+                // The send pipeline manages its own short transactions around the network call.
+                tx.commit().await?;
+                match send::deliver(core, &journey, &node, spec).await? {
+                    Delivery::Resolved => {
+                        let mut tx = core.store.write().await?;
+                        if !tx.holds_job(&job.id, &core.worker_id).await? {
+                            tx.rollback().await?;
+                            return Ok(Outcome::LeaseLost);
+                        }
+                        if let Some(outcome) =
+                            go(&mut tx, core, job, &journey, node.next.clone(), now).await?
+                        {
+                            tx.commit().await?;
+                            return Ok(outcome);
+                        }
+                        tx.commit().await?;
+                        continue;
+                    }
+                    Delivery::Retry { error, retry_after } => {
+                        return retry(core, job, &journey, &node, &error, retry_after).await;
+                    }
+                }
+            }
+        };
+        let outcome = match mv {
+            Move::To(target) => go(&mut tx, core, job, &journey, target, now).await?,
+            Move::End(status, reason) => {
+                end(&mut tx, core, job, &journey, status, &reason, now).await?;
+                Some(Outcome::Done)
+            }
+        };
+        tx.commit().await?;
+        if let Some(outcome) = outcome {
+            return Ok(outcome);
+        }
+    }
+}
+
+/// The journey's current step, or why it cannot run.
+fn locate(core: &Core, journey: &Journey) -> Result<Node, String> {
+    let wf = core
+        .workflows
+        .get(&journey.workflow)
+        .ok_or_else(|| format!("workflow `{}` no longer exists", journey.workflow))?;
+    let key = journey.step.as_deref().ok_or("journey has no next step")?;
+    wf.program.node(key).cloned().ok_or_else(|| {
+        format!(
+            "step `{key}` no longer exists in workflow `{}`",
+            journey.workflow
+        )
+    })
+}
+
+/// Moves to `target` and keeps running (`None`), or completes the journey at the end.
+async fn go(
+    tx: &mut Tx,
+    core: &Core,
+    job: &Job,
+    journey: &Journey,
+    target: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<Option<Outcome>> {
+    match target {
+        Some(next) => {
+            if tx.advance_journey(&journey.id, &next, None, now).await? {
+                Ok(None)
+            } else {
+                // The journey exited while this step ran.
+                tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
+                    .await?;
+                Ok(Some(Outcome::Done))
+            }
+        }
+        None => {
+            end(
+                tx,
+                core,
+                job,
+                journey,
+                journey_status::COMPLETED,
+                "completed",
+                now,
+            )
+            .await?;
+            Ok(Some(Outcome::Done))
+        }
+    }
+}
+
+async fn end(
+    tx: &mut Tx,
+    core: &Core,
+    job: &Job,
+    journey: &Journey,
+    status: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if status == journey_status::FAILED {
+        tracing::warn!(journey = %journey.id, workflow = %journey.workflow, reason, "journey failed");
+    }
+    tx.end_journey(&journey.id, status, reason, now).await?;
+    tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
+        .await?;
+    Ok(())
+}
+
+async fn finish(core: &Core, job: &Job, status: &str, error: Option<&str>) -> Result<Outcome> {
+    let mut tx = core.store.write().await?;
+    tx.finish_job(&job.id, &core.worker_id, status, error, core.clock.now())
+        .await?;
+    tx.commit().await?;
+    Ok(if status == job_status::DEAD {
+        Outcome::Dead
+    } else {
+        Outcome::Done
+    })
+}
+
+/// Re-queues the job after a transient send failure, or gives up when out of attempts.
+async fn retry(
+    core: &Core,
+    job: &Job,
+    journey: &Journey,
+    node: &Node,
+    error: &str,
+    retry_after: Option<std::time::Duration>,
+) -> Result<Outcome> {
+    let now = core.clock.now();
+    let mut tx = core.store.write().await?;
+    if job.attempts >= job.max_attempts {
+        let reason = format!("gave up after {} attempts: {error}", job.attempts);
+        send::give_up(&mut tx, journey, &node.key, &reason, now).await?;
+        tx.end_journey(&journey.id, journey_status::FAILED, &reason, now)
+            .await?;
+        // end_journey closed the job as done; mark it dead so it shows up as such.
+        crate::scheduler::mark_dead(&mut tx, &job.id, &reason, now).await?;
+        tx.commit().await?;
+        return Ok(Outcome::Dead);
+    }
+    let delay = crate::scheduler::backoff(job.attempts, retry_after);
+    let at = now + delay;
+    tx.requeue_job(&job.id, &core.worker_id, at, false, Some(error), now)
+        .await?;
+    tx.commit().await?;
+    core.wake_scheduler();
+    Ok(Outcome::Retrying(at))
+}
+
+async fn branch_holds(
+    core: &Core,
+    tx: &mut Tx,
+    journey: &Journey,
+    condition: &super::model::Condition,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let contact = tx.get_contact(&journey.contact_id).await?;
+    let view = contact.as_ref().map(contact_view).unwrap_or(Value::Null);
+    let event_props = journey.context.0.pointer("/event/properties").cloned();
+    let subject = Subject {
+        contact_id: &journey.contact_id,
+        contact: &view,
+        event: event_props.as_ref(),
+        journey_id: Some(&journey.id),
+        now,
+    };
+    let program = core
+        .workflows
+        .get(&journey.workflow)
+        .map(|w| w.program.clone())
+        .unwrap_or_default();
+    let step_key = move |id: &str| program.key_of(id);
+    evaluate(condition, &subject, tx, &step_key).await
+}
+
+/// Picks a split variant by weight, sticky per contact: the same contact always lands in the
+/// same variant of the same step.
+fn choose_variant<'v>(
+    journey: &Journey,
+    step_key: &str,
+    variants: &'v [Variant],
+) -> (usize, &'v Variant) {
+    let total: u64 = variants
+        .iter()
+        .map(|v| u64::from(v.weight))
+        .sum::<u64>()
+        .max(1);
+    let digest = sha2_digest(&format!(
+        "{}/{}/{}",
+        journey.workflow, step_key, journey.contact_id
+    ));
+    let mut point = digest % total;
+    for (i, v) in variants.iter().enumerate() {
+        if point < u64::from(v.weight) {
+            return (i, v);
+        }
+        point -= u64::from(v.weight);
+    }
+    (0, &variants[0])
+}
+
+fn sha2_digest(text: &str) -> u64 {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(text.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&hash[..8]);
+    u64::from_be_bytes(bytes)
+}
+
+/// Sets `value` at a dotted path inside a JSON object, creating objects on the way.
+fn set_path(target: &mut Value, path: &str, value: Value) {
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    let mut cursor = target;
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let Value::Object(map) = cursor else { return };
+        if parts.peek().is_none() {
+            map.insert(part.to_owned(), value);
+            return;
+        }
+        let entry = map
+            .entry(part.to_owned())
+            .or_insert_with(|| Value::Object(Default::default()));
+        if !entry.is_object() {
+            *entry = Value::Object(Default::default());
+        }
+        cursor = entry;
+    }
+}
+
+/// When a `wait` step ends.
+async fn wait_until(
+    core: &Core,
+    tx: &mut Tx,
+    journey: &Journey,
+    wait: &Wait,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>> {
+    Ok(match wait {
+        Wait::For(d) => now + d.0,
+        Wait::Until { until, days } => {
+            let zone = match tx.get_contact(&journey.contact_id).await? {
+                Some(c) => contact_zone(&c.attributes, core.settings.default_timezone()),
+                None => core.settings.default_timezone(),
+            };
+            next_local_time(now, zone, *until, days)
+        }
+    })
+}
+
+/// The contact's IANA zone from its `timezone` attribute, else `default`.
+pub fn contact_zone(attributes: &Json<Value>, default: Tz) -> Tz {
+    attributes
+        .0
+        .get("timezone")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The first instant after `now` that is `at` local time in `zone` on one of `days` (any day
+/// when empty). A local time skipped by a DST change maps to the first valid instant after it.
+pub fn next_local_time(
+    now: DateTime<Utc>,
+    zone: Tz,
+    at: NaiveTime,
+    days: &[Weekday],
+) -> DateTime<Utc> {
+    let today = now.with_timezone(&zone).date_naive();
+    for offset in 0..=8 {
+        let date = today + TimeDelta::days(offset);
+        if !days.is_empty() && !days.contains(&date.weekday()) {
+            continue;
+        }
+        let local = date.and_time(at);
+        let instant = match zone.from_local_datetime(&local) {
+            chrono::LocalResult::Single(t) => t,
+            chrono::LocalResult::Ambiguous(first, _) => first,
+            chrono::LocalResult::None => {
+                // Spring-forward gap: walk forward minute by minute to the first valid time.
+                let mut probe = local;
+                loop {
+                    probe += TimeDelta::minutes(1);
+                    if let Some(t) = zone.from_local_datetime(&probe).earliest() {
+                        break t;
+                    }
+                }
+            }
+        };
+        let instant = instant.with_timezone(&Utc);
+        if instant > now {
+            return instant;
+        }
+    }
+    now + TimeDelta::days(7)
+}

@@ -1,0 +1,164 @@
+//! The HTTP API contract: shapes, deduplication, errors, auth.
+
+use serde_json::json;
+
+use crate::both_backends;
+use crate::helpers::{Db, Options, TestApp};
+
+async fn same_event_id_twice_stores_one_event_and_one_journey(db: Db) {
+    let app = TestApp::spawn(db).await;
+    app.contact("c-1", "ana@example.com", json!({})).await;
+    let event = json!({"id": "e-1", "contact_id": "c-1", "name": "signed_up"});
+    let (first, body) = app.post("/v1/events", event.clone()).await;
+    assert_eq!(first, 202, "{body}");
+    let (second, body) = app.post("/v1/events", event).await;
+    assert_eq!(second, 200, "{body}");
+    assert_eq!(body["event"]["duplicate"], true);
+    app.run_due().await;
+    assert_eq!(app.smtp.messages().len(), 1);
+    let (_, contact) = app.get("/v1/contacts/c-1").await;
+    assert_eq!(contact["journeys"].as_array().map(Vec::len), Some(1));
+    app.finish().await;
+}
+both_backends!(same_event_id_twice_stores_one_event_and_one_journey);
+
+async fn contacts_upsert_and_merge_attributes(db: Db) {
+    let app = TestApp::spawn(db).await;
+    app.contact(
+        "c-1",
+        "ana@example.com",
+        json!({"first_name": "Ana", "city": "Lisbon"}),
+    )
+    .await;
+    let (status, _) = app
+        .post(
+            "/v1/contacts",
+            json!({"id": "c-1", "attributes": {"city": null, "plan": "pro"}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = app.get("/v1/contacts/c-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["contact"]["attributes"],
+        json!({"first_name": "Ana", "plan": "pro"})
+    );
+    assert_eq!(body["contact"]["email"], "ana@example.com");
+    let (status, body) = app
+        .post("/v1/contacts/batch", json!({"contacts": [{"id": "c-2", "email": "b@example.com"}, {"id": "c-3", "email": "c@example.com"}]}))
+        .await;
+    assert_eq!((status, body["upserted"].clone()), (200, json!(2)));
+    app.finish().await;
+}
+both_backends!(contacts_upsert_and_merge_attributes);
+
+async fn bad_input_gets_json_errors(db: Db) {
+    let app = TestApp::spawn(db).await;
+    // Malformed JSON.
+    let r = app
+        .http
+        .post(app.url("/v1/contacts"))
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "malformed_json");
+    // Wrong content type.
+    let r = app
+        .http
+        .post(app.url("/v1/events"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    // Missing field, unknown field, bad email, bad timestamp.
+    for (path, body, code) in [
+        ("/v1/contacts", json!({"email": "a@example.com"}), 422),
+        (
+            "/v1/contacts",
+            json!({"id": "c", "email": "a@example.com", "colour": 1}),
+            422,
+        ),
+        (
+            "/v1/contacts",
+            json!({"id": "c", "email": "not-an-address"}),
+            422,
+        ),
+        ("/v1/contacts", json!({"id": "c-new"}), 422),
+        (
+            "/v1/events",
+            json!({"contact_id": "c", "name": "x", "timestamp": "yesterday"}),
+            422,
+        ),
+        (
+            "/v1/events",
+            json!({"contact_id": "nobody", "name": "x"}),
+            404,
+        ),
+        ("/v1/events", json!({"contact_id": "c", "name": ""}), 422),
+    ] {
+        let (status, got) = app.post(path, body.clone()).await;
+        assert_eq!(status, code, "{path} {body} → {got}");
+        assert!(
+            got["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{got}"
+        );
+    }
+    let (status, got) = app.get("/v1/contacts/nobody").await;
+    assert_eq!(
+        (status, got["error"]["code"].clone()),
+        (404, json!("contact_not_found"))
+    );
+    let (status, _) = app.get("/nowhere").await;
+    assert_eq!(status, 404);
+    // Body limit.
+    let huge = "x".repeat(3 * 1024 * 1024);
+    let (status, got) = app
+        .post(
+            "/v1/contacts",
+            json!({"id": "c", "email": "a@example.com", "attributes": {"blob": huge}}),
+        )
+        .await;
+    assert_eq!(status, 413, "{got}");
+    let (status, _) = app.get("/healthz").await;
+    assert_eq!(status, 200);
+    app.finish().await;
+}
+both_backends!(bad_input_gets_json_errors);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_required_when_configured() {
+    let options = Options {
+        env: vec![("HERALD_SERVER__API_KEYS".to_owned(), "k1,k2".to_owned())],
+        ..Options::default()
+    };
+    let app = TestApp::spawn_with(Db::Sqlite, options, |_| {}).await;
+    let (status, body) = app.get("/v1/contacts/c-1").await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let r = app
+        .http
+        .get(app.url("/v1/contacts/c-1"))
+        .bearer_auth("k2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "authorized, contact unknown");
+    let r = app
+        .http
+        .get(app.url("/v1/contacts/c-1"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let (status, _) = app.get("/healthz").await;
+    assert_eq!(status, 200, "health needs no key");
+    app.finish().await;
+}

@@ -1,0 +1,246 @@
+//! Restarts, crashes and concurrent workers: nothing lost, nothing sent twice.
+
+use std::collections::HashSet;
+
+use chrono::TimeDelta;
+use herald::app::Role;
+use serde_json::json;
+
+use crate::both_backends;
+use crate::helpers::{Db, Options, TestApp, write};
+
+fn cart(cart_id: &str) -> serde_json::Value {
+    json!({"cart_id": cart_id, "item_count": 1, "cart_url": "https://shop.example/cart",
+           "items": [{"name": "Mug", "quantity": 1, "price": 1200}]})
+}
+
+async fn restart_mid_wait_resumes_the_journey(db: Db) {
+    let app = TestApp::spawn(db).await;
+    app.contact("c-1", "ana@example.com", json!({})).await;
+    app.event("c-1", "cart_updated", cart("k-1")).await;
+    app.advance(TimeDelta::minutes(30)).await;
+    let app = app.restart().await;
+    app.advance(TimeDelta::minutes(29)).await;
+    assert_eq!(app.smtp.messages().len(), 0);
+    app.advance(TimeDelta::minutes(1)).await;
+    assert_eq!(
+        app.smtp.messages().len(),
+        1,
+        "the reminder, once, after the restart"
+    );
+    app.finish().await;
+}
+both_backends!(restart_mid_wait_resumes_the_journey);
+
+async fn waits_that_expired_while_down_run_at_once(db: Db) {
+    let mut app = TestApp::spawn(db).await;
+    app.contact("c-1", "ana@example.com", json!({})).await;
+    app.event("c-1", "cart_updated", cart("k-1")).await;
+    app.run_due().await;
+    app.stop().await;
+    app.clock.advance(TimeDelta::days(3)); // down for three days
+    let app = app.restart().await;
+    app.run_due().await;
+    assert_eq!(
+        app.smtp.messages().len(),
+        1,
+        "the overdue reminder goes out on start"
+    );
+    app.advance(TimeDelta::hours(23)).await;
+    assert_eq!(
+        app.smtp.messages().len(),
+        2,
+        "then the journey continues on schedule"
+    );
+    app.finish().await;
+}
+both_backends!(waits_that_expired_while_down_run_at_once);
+
+async fn lost_connection_after_data_is_unknown_and_not_resent(db: Db) {
+    let app = TestApp::spawn(db).await;
+    app.contact("c-1", "ana@example.com", json!({})).await;
+    app.smtp.drop_after_data(1);
+    app.event("c-1", "signed_up", json!({})).await;
+    app.run_due().await;
+    let stored = app.messages_of("c-1").await;
+    assert_eq!(stored[0]["status"], "unknown", "{stored:?}");
+    app.advance(TimeDelta::hours(1)).await;
+    assert_eq!(
+        app.smtp.messages().len(),
+        1,
+        "the server got it once; it is not re-sent"
+    );
+    app.finish().await;
+}
+both_backends!(lost_connection_after_data_is_unknown_and_not_resent);
+
+async fn crash_between_transport_and_receipt_gives_unknown(db: Db) {
+    let app = TestApp::spawn(db).await;
+    app.contact("c-1", "ana@example.com", json!({})).await;
+    app.smtp.hang_after_data(1);
+    app.event("c-1", "signed_up", json!({})).await;
+    // The worker hands the message over and then the process dies before the receipt.
+    let core = std::sync::Arc::clone(&app.core);
+    let worker = tokio::spawn(async move { herald::scheduler::run_due(&core).await });
+    app.smtp
+        .wait_for(1, std::time::Duration::from_secs(10))
+        .await;
+    worker.abort();
+    let _ = worker.await;
+    let app = app.restart().await;
+    app.advance(TimeDelta::minutes(2)).await; // the dead worker's lease runs out
+    let stored = app.messages_of("c-1").await;
+    assert_eq!(stored[0]["status"], "unknown", "{stored:?}");
+    assert_eq!(app.smtp.messages().len(), 1);
+    // The journey went on past the unknown send to its wait.
+    let (_, contact) = app.get("/v1/contacts/c-1").await;
+    assert_eq!(contact["journeys"][0]["status"], "active");
+    app.finish().await;
+}
+both_backends!(crash_between_transport_and_receipt_gives_unknown);
+
+async fn transient_failures_retry_with_backoff_then_die_visibly(db: Db) {
+    let app = TestApp::spawn(db).await;
+    app.contact("c-1", "ana@example.com", json!({})).await;
+    app.smtp.fail(
+        crate::helpers::smtp_server::Phase::Rcpt,
+        "451 4.3.0 Try again later",
+        1,
+    );
+    app.event("c-1", "signed_up", json!({})).await;
+    app.run_due().await;
+    assert_eq!(app.smtp.messages().len(), 0);
+    assert_eq!(app.messages_of("c-1").await[0]["status"], "pending");
+    app.advance(TimeDelta::seconds(11)).await; // first backoff is 5–10 s
+    assert_eq!(app.smtp.messages().len(), 1, "retried and delivered");
+    assert_eq!(app.messages_of("c-1").await[0]["status"], "sent");
+
+    // A contact whose sends always fail transiently ends up in a dead job.
+    app.contact("c-2", "bo@example.com", json!({})).await;
+    app.smtp.fail(
+        crate::helpers::smtp_server::Phase::Rcpt,
+        "451 4.3.0 Try again later",
+        100,
+    );
+    app.event("c-2", "signed_up", json!({})).await;
+    for _ in 0..10 {
+        app.advance(TimeDelta::hours(2)).await;
+    }
+    let (_, dead) = app.get("/v1/jobs?status=dead").await;
+    assert_eq!(dead["jobs"].as_array().map(Vec::len), Some(1), "{dead}");
+    let (_, contact) = app.get("/v1/contacts/c-2").await;
+    assert_eq!(contact["journeys"][0]["status"], "failed");
+    assert_eq!(contact["messages"][0]["status"], "failed");
+    app.finish().await;
+}
+both_backends!(transient_failures_retry_with_backoff_then_die_visibly);
+
+async fn hard_bounce_suppresses_the_address(db: Db) {
+    let app = TestApp::spawn(db).await;
+    app.contact("c-1", "gone@example.com", json!({})).await;
+    app.smtp.fail(
+        crate::helpers::smtp_server::Phase::Rcpt,
+        "550 5.1.1 No such user",
+        1,
+    );
+    app.event("c-1", "signed_up", json!({})).await;
+    app.run_due().await;
+    let (_, contact) = app.get("/v1/contacts/c-1").await;
+    assert_eq!(contact["messages"][0]["status"], "failed");
+    assert_eq!(contact["suppression"]["reason"], "hard_bounce");
+    app.advance(TimeDelta::days(2)).await;
+    let (_, contact) = app.get("/v1/contacts/c-1").await;
+    assert_eq!(
+        contact["messages"][0]["status"], "suppressed",
+        "the next send is suppressed"
+    );
+    assert_eq!(app.smtp.messages().len(), 0);
+    app.finish().await;
+}
+both_backends!(hard_bounce_suppresses_the_address);
+
+const RECEIPT_WORKFLOW: &str = "name: receipt\ncategory: transactional\ntrigger:\n  event: order_placed\nsteps:\n  - send: receipt\n";
+const RECEIPT_TEMPLATE: &str =
+    "---\nsubject: \"Order {{event.properties.order_id}}\"\n---\n<p>Thanks!</p>\n";
+
+async fn two_workers_never_send_twice(db: Db) {
+    const JOURNEYS: usize = 500;
+    let options = || Options {
+        role: Role::Api,
+        examples: false,
+        env: Vec::new(),
+    };
+    let setup = |dir: &std::path::Path| {
+        write(dir, "workflows/receipt.yaml", RECEIPT_WORKFLOW);
+        write(dir, "templates/receipt.hbs", RECEIPT_TEMPLATE);
+    };
+    let a = TestApp::spawn_with(db, options(), setup).await;
+    // A second Herald on the same database and project, as a second node would be.
+    let b_settings =
+        herald::config::Settings::load_with_env(a.dir.path(), None, &a.env).expect("settings");
+    let b = herald::app::Application::build(
+        b_settings,
+        a.dir.path(),
+        herald::clock::Clock::Manual(a.clock.clone()),
+        Role::Worker,
+    )
+    .await
+    .expect("second node");
+    let contacts: Vec<_> = (0..JOURNEYS)
+        .map(|i| json!({"id": format!("c-{i}"), "email": format!("u{i}@example.com")}))
+        .collect();
+    let (status, body) = a
+        .post("/v1/contacts/batch", json!({"contacts": contacts}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let events: Vec<_> = (0..JOURNEYS)
+        .map(|i| json!({"contact_id": format!("c-{i}"), "name": "order_placed", "properties": {"order_id": i}}))
+        .collect();
+    let (status, body) = a.post("/v1/events/batch", json!({"events": events})).await;
+    assert_eq!(status, 202, "{body}");
+    let (ra, rb) = tokio::join!(
+        herald::scheduler::run_due(&a.core),
+        herald::scheduler::run_due(&b.core)
+    );
+    let (ra, rb) = (ra.expect("worker a"), rb.expect("worker b"));
+    assert_eq!(ra + rb, JOURNEYS, "every job ran exactly once");
+    let mail = a
+        .smtp
+        .wait_for(JOURNEYS, std::time::Duration::from_secs(30))
+        .await;
+    let ids: HashSet<String> = mail
+        .iter()
+        .map(|m| {
+            mail_parser::MessageParser::default()
+                .parse(&m.data)
+                .and_then(|p| p.message_id().map(str::to_owned))
+                .expect("Message-ID")
+        })
+        .collect();
+    assert_eq!(mail.len(), JOURNEYS, "no duplicates at the server");
+    assert_eq!(ids.len(), JOURNEYS);
+    b.core.shutdown().await;
+    a.finish().await;
+}
+both_backends!(two_workers_never_send_twice);
+
+async fn idle_worker_starts_due_jobs_without_polling(db: Db) {
+    let options = Options {
+        role: Role::All,
+        examples: true,
+        env: Vec::new(),
+    };
+    let app = TestApp::spawn_with(db, options, |_| {}).await;
+    app.contact("c-1", "ana@example.com", json!({})).await;
+    app.event("c-1", "cart_updated", cart("k-1")).await;
+    // The background worker sleeps on the clock until the reminder is due; moving the clock
+    // wakes it, with no polling interval involved.
+    app.clock.advance(TimeDelta::hours(1));
+    let got = app
+        .smtp
+        .wait_for(1, std::time::Duration::from_secs(10))
+        .await;
+    assert_eq!(got.len(), 1);
+    app.finish().await;
+}
+both_backends!(idle_worker_starts_due_jobs_without_polling);

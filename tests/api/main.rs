@@ -1,0 +1,9 @@
+//! Integration tests: the real application over HTTP, a real SMTP server, SQLite always and
+//! PostgreSQL when `HERALD_TEST_POSTGRES_URL` is set. One binary, one link step.
+
+mod helpers;
+
+mod api;
+mod durability;
+mod journeys;
+mod validation;
