@@ -7,8 +7,7 @@ use std::path::Path;
 use crate::diagnostic::Diagnostic;
 use crate::template::{TemplateError, TemplateRegistry};
 use crate::workflow::Workflows;
-use crate::workflow::model::StepKind;
-use crate::workflow::parse::load_dir;
+use crate::workflow::parse::{Known, load_dir};
 
 pub struct Project {
     pub workflows: Workflows,
@@ -45,12 +44,16 @@ pub fn load(dir: &Path, transports: &[String]) -> Result<Project, Vec<Diagnostic
         }
     };
     // Without a template registry, still report workflow errors other than missing templates.
-    let exists = |name: &str| templates.as_ref().is_none_or(|t| t.contains(name));
-    let (defs, diagnostics) = load_dir(&dir.join("workflows"), &exists);
+    let template = |name: &str| templates.as_ref().is_none_or(|t| t.contains(name));
+    let transport = |name: &str| transports.iter().any(|t| t == name);
+    let (defs, diagnostics) = load_dir(
+        &dir.join("workflows"),
+        &Known {
+            template: &template,
+            transport: &transport,
+        },
+    );
     problems.extend(diagnostics);
-    for wf in &defs {
-        check_transports(&wf.steps, transports, &wf.source, &mut problems);
-    }
     let Some(templates) = templates.filter(|_| problems.is_empty()) else {
         for p in &mut problems {
             if let Ok(rel) = p.file.strip_prefix(dir) {
@@ -63,43 +66,4 @@ pub fn load(dir: &Path, transports: &[String]) -> Result<Project, Vec<Diagnostic
         workflows: Workflows::new(defs),
         templates,
     })
-}
-
-fn check_transports(
-    steps: &[crate::workflow::model::Step],
-    transports: &[String],
-    file: &Path,
-    problems: &mut Vec<Diagnostic>,
-) {
-    for step in steps {
-        match &step.kind {
-            StepKind::Send(spec) => {
-                if let Some(t) = &spec.transport {
-                    if !transports.contains(t) {
-                        problems.push(Diagnostic::new(
-                            file.to_path_buf(),
-                            0,
-                            0,
-                            format!(
-                                "send `{}`: no transport named `{t}` in herald.toml",
-                                spec.template
-                            ),
-                        ));
-                    }
-                }
-            }
-            StepKind::Branch {
-                then, otherwise, ..
-            } => {
-                check_transports(then, transports, file, problems);
-                check_transports(otherwise, transports, file, problems);
-            }
-            StepKind::Split(variants) => {
-                for v in variants {
-                    check_transports(&v.steps, transports, file, problems);
-                }
-            }
-            _ => {}
-        }
-    }
 }

@@ -324,10 +324,10 @@ async fn blocked(tx: &mut Tx, contact: &Contact, category: Category) -> Result<O
     if category == Category::Marketing && !contact.subscribed {
         return Ok(Some("contact is unsubscribed".to_owned()));
     }
-    if let Some(s) = tx.suppression(&contact.email).await? {
-        if category == Category::Marketing || s.reason != "unsubscribed" {
-            return Ok(Some(format!("address suppressed: {}", s.reason)));
-        }
+    if let Some(s) = tx.suppression(&contact.email).await?
+        && (category == Category::Marketing || s.reason != "unsubscribed")
+    {
+        return Ok(Some(format!("address suppressed: {}", s.reason)));
     }
     Ok(None)
 }

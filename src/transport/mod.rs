@@ -16,7 +16,7 @@ use crate::message::BuiltMessage;
 
 /// A configured transport. Closed set: adding a provider means adding a variant.
 /// Clones are cheap and share connections (SMTP pool).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub enum Transport {
     /// Writes `.eml` files to a directory (development, dry runs).
     Outbox(outbox::Outbox),

@@ -188,6 +188,18 @@ pub struct Smtp {
     relay: Arc<Relay>,
 }
 
+impl fmt::Debug for Smtp {
+    // Hand-written: the credentials must not be printed, and connections have no useful Debug.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Smtp")
+            .field("name", &self.relay.name)
+            .field("host", &self.relay.host)
+            .field("port", &self.relay.port)
+            .field("timeout", &self.relay.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The shared state behind [`Smtp`].
 struct Relay {
     name: String,

@@ -46,6 +46,9 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
         )
         .await;
     };
+    // When the current step became due. A wait counts from there, not from when a (possibly
+    // late) worker got to it, so waits that expired while Herald was down end at once.
+    let mut due = job.run_at;
     loop {
         let now = core.clock.now();
         let mut tx = core.store.write().await?;
@@ -81,7 +84,7 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
         };
         let mv = match &node.step.kind {
             StepKind::Wait(wait) => {
-                let until = wait_until(core, &mut tx, &journey, wait, now).await?;
+                let until = wait_until(core, &mut tx, &journey, wait, due.min(now)).await?;
                 let Some(next) = node.next.clone() else {
                     end(
                         &mut tx,
@@ -148,6 +151,7 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
                 tx.commit().await?;
                 match send::deliver(core, &journey, &node, spec).await? {
                     Delivery::Resolved => {
+                        due = core.clock.now();
                         let mut tx = core.store.write().await?;
                         if !tx.holds_job(&job.id, &core.worker_id).await? {
                             tx.rollback().await?;

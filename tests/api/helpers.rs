@@ -1,7 +1,7 @@
 //! Test harness: a real Herald (HTTP on port 0, real SQLite file or PostgreSQL database, real
 //! SMTP server) driven over HTTP with a manual clock.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
@@ -84,14 +84,13 @@ impl TestDb {
     }
 
     pub async fn drop_db(&self) {
-        if let Some((admin, name)) = &self.pg_admin {
-            if let Ok(mut conn) = sqlx::PgConnection::connect(admin).await {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
+        if let Some((admin, name)) = &self.pg_admin
+            && let Ok(mut conn) = sqlx::PgConnection::connect(admin).await
+        {
+            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
                 .execute(&mut conn)
                 .await;
-            }
         }
     }
 }
@@ -310,10 +309,6 @@ impl TestApp {
         let (status, body) = self.get(&format!("/v1/contacts/{contact}")).await;
         assert_eq!(status, 200, "{body}");
         body["messages"].as_array().cloned().unwrap_or_default()
-    }
-
-    pub fn project_dir(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
     }
 }
 

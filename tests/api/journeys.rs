@@ -174,7 +174,8 @@ async fn reentry_after_duration(db: Db) {
     let app = TestApp::spawn(db).await;
     app.contact("c-1", "ana@example.com", json!({})).await;
     app.event("c-1", "cart_updated", cart("k-1")).await;
-    app.advance(TimeDelta::days(1)).await; // journey completes (reminder + last chance)
+    app.advance(TimeDelta::hours(1)).await;
+    app.advance(TimeDelta::hours(23)).await; // journey completes (reminder + last chance)
     assert_eq!(app.smtp.messages().len(), 2);
     // Same cart within 7 days of the last entry: not again.
     app.clock.advance(TimeDelta::days(3));

@@ -67,10 +67,12 @@ struct Shared {
     message_added: Notify,
     script: Mutex<Vec<Script>>,
     drop_after_data: AtomicUsize,
+    hang_after_data: AtomicUsize,
     accepting: AtomicBool,
     opened: AtomicUsize,
     open_now: AtomicUsize,
     max_open: AtomicUsize,
+    quits: AtomicUsize,
     connection_closed: Notify,
     /// Bumped to make every open session close its connection.
     disconnect: watch::Sender<u64>,
@@ -117,10 +119,12 @@ impl SmtpServer {
             message_added: Notify::new(),
             script: Mutex::new(Vec::new()),
             drop_after_data: AtomicUsize::new(0),
+            hang_after_data: AtomicUsize::new(0),
             accepting: AtomicBool::new(true),
             opened: AtomicUsize::new(0),
             open_now: AtomicUsize::new(0),
             max_open: AtomicUsize::new(0),
+            quits: AtomicUsize::new(0),
             connection_closed: Notify::new(),
             disconnect,
         });
@@ -176,6 +180,12 @@ impl SmtpServer {
         self.shared.max_open.load(Ordering::SeqCst)
     }
 
+    /// QUIT commands received so far (counted before the `221` reply is sent, so a client that
+    /// got its reply sees the count).
+    pub fn quits_received(&self) -> usize {
+        self.shared.quits.load(Ordering::SeqCst)
+    }
+
     /// The next `times` commands of `phase` get `reply` (e.g. `"451 4.3.0 Try again later"`).
     /// A `421` reply also closes the connection, as RFC 5321 prescribes.
     pub fn fail(&self, phase: Phase, reply: &str, times: usize) {
@@ -191,6 +201,14 @@ impl SmtpServer {
     pub fn drop_after_data(&self, times: usize) {
         self.shared
             .drop_after_data
+            .fetch_add(times, Ordering::SeqCst);
+    }
+
+    /// The next `times` messages are read completely and recorded, and then the server never
+    /// answers: the sending process can die while waiting for the receipt.
+    pub fn hang_after_data(&self, times: usize) {
+        self.shared
+            .hang_after_data
             .fetch_add(times, Ordering::SeqCst);
     }
 
@@ -326,6 +344,7 @@ impl Session {
                     Next::Continue
                 }
                 "QUIT" => {
+                    self.shared.quits.fetch_add(1, Ordering::SeqCst);
                     self.reply("221 2.0.0 Bye").await?;
                     Next::Close
                 }
@@ -503,6 +522,15 @@ impl Session {
         if drop_now {
             self.shared.record(mail);
             return Ok(Next::Close);
+        }
+        let hang_now = self
+            .shared
+            .hang_after_data
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if hang_now {
+            self.shared.record(mail);
+            return std::future::pending().await;
         }
         if let Some(reply) = self.shared.scripted(Phase::EndOfData) {
             return self.scripted_reply(&reply).await;
