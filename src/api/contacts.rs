@@ -54,6 +54,7 @@ pub async fn show(
         ));
     };
     let journeys = tx.contact_journeys(&id, HISTORY_LIMIT).await?;
+    let open_jobs = tx.contact_open_jobs(&id).await?;
     let messages = tx.contact_messages(&id, HISTORY_LIMIT).await?;
     let suppression = tx.suppression(&contact.email).await?;
     tx.commit().await?;
@@ -61,7 +62,14 @@ pub async fn show(
         "contact": contact,
         "segments": [],
         "suppression": suppression,
-        "journeys": journeys,
+        "journeys": journeys.iter().map(|j| {
+            let job = open_jobs.iter().find(|job| job.journey_id.as_deref() == Some(&j.id));
+            let mut view = json!(j);
+            view["next_run_at"] = json!(job.map(|job| job.run_at));
+            view["attempts"] = json!(job.map(|job| job.attempts));
+            view["last_error"] = json!(job.and_then(|job| job.last_error.clone()));
+            view
+        }).collect::<Vec<_>>(),
         "messages": messages,
     })))
 }

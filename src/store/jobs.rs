@@ -105,6 +105,19 @@ impl Tx {
         Ok(n.0 == 1)
     }
 
+    /// The open (queued or running) job of each of the contact's journeys.
+    pub async fn contact_open_jobs(&mut self, contact_id: &str) -> Result<Vec<Job>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as::<_, Job>(
+                "SELECT jobs.* FROM jobs JOIN journeys ON journeys.id = jobs.journey_id
+                 WHERE journeys.contact_id = $1 AND jobs.status IN ('queued', 'running')",
+            )
+            .bind(contact_id)
+            .fetch_all(c)
+            .await?
+        }))
+    }
+
     pub async fn jobs_by_status(&mut self, status: &str, limit: i64) -> Result<Vec<Job>> {
         Ok(on_conn!(self, c => {
             sqlx::query_as::<_, Job>("SELECT * FROM jobs WHERE status = $1 ORDER BY run_at LIMIT $2")
