@@ -90,6 +90,7 @@ impl Application {
             (Some(listener), Some(addr))
         };
         let core = Arc::new(Core::new(settings, store, clock, project, dir).await?);
+        crate::scheduler::sync_definitions(&core).await?;
         Ok(Application {
             core,
             listener,

@@ -236,10 +236,47 @@ impl Settings {
                 }
             }
         }
+        self.policy()?;
         if self.workers.concurrency == 0 {
             return Err("workers.concurrency: must be at least 1".to_owned());
         }
         Ok(())
+    }
+
+    /// The `[sending]` etiquette defaults (validated at load).
+    pub fn policy(&self) -> Result<crate::policy::Policy, String> {
+        use crate::workflow::model::{CapOutcome, Duration, FrequencyCap, QuietHours};
+        use crate::workflow::parse::{parse_cap_outcome, parse_time_of_day};
+        let quiet_hours = match &self.sending.quiet_hours {
+            None => None,
+            Some(q) => Some(QuietHours {
+                start: parse_time_of_day(&q.start)
+                    .map_err(|e| format!("sending.quiet_hours.start: {e}"))?,
+                end: parse_time_of_day(&q.end)
+                    .map_err(|e| format!("sending.quiet_hours.end: {e}"))?,
+            }),
+        };
+        let frequency_cap = match &self.sending.frequency_cap {
+            None => None,
+            Some(c) => {
+                if c.max == 0 {
+                    return Err("sending.frequency_cap.max: must be at least 1".to_owned());
+                }
+                Some(FrequencyCap {
+                    max: c.max,
+                    per: Duration::parse_setting("sending.frequency_cap.per", &c.per)?,
+                    outcome: match &c.outcome {
+                        None => CapOutcome::default(),
+                        Some(o) => parse_cap_outcome(o)
+                            .map_err(|e| format!("sending.frequency_cap.outcome: {e}"))?,
+                    },
+                })
+            }
+        };
+        Ok(crate::policy::Policy {
+            quiet_hours,
+            frequency_cap,
+        })
     }
 
     /// The default contact time zone (validated at load).

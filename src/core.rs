@@ -45,6 +45,8 @@ pub struct Core {
     pub lease: TimeDelta,
     pub poll: TimeDelta,
     pub max_attempts: i64,
+    /// `[sending]` etiquette defaults; workflows may override them.
+    pub policy: crate::policy::Policy,
     wake: Notify,
 }
 
@@ -75,7 +77,9 @@ impl Core {
         };
         let lease = duration("workers.lease", &settings.workers.lease)?;
         let poll = duration("workers.poll_interval", &settings.workers.poll_interval)?;
+        let policy = settings.policy().map_err(BuildError::Setting)?;
         Ok(Core {
+            policy,
             max_attempts: i64::from(settings.workers.max_attempts.max(1)),
             settings,
             store,

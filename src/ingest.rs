@@ -154,9 +154,19 @@ impl Core {
                 updated_at: now,
             };
             tx.put_contact(&contact).await?;
+            crate::scheduler::reschedule_contact(
+                &mut tx,
+                &self.workflows,
+                &contact,
+                self.settings.default_timezone(),
+                now,
+            )
+            .await?;
             stored.push(contact);
         }
         tx.commit().await?;
+        // A changed date attribute may have moved a fire time earlier than the worker's sleep.
+        self.wake_scheduler();
         Ok(stored)
     }
 
@@ -213,7 +223,7 @@ impl Core {
                 self.max_attempts,
             )
             .await?;
-            started |= !effects.entered.is_empty();
+            started |= !effects.entered.is_empty() || !effects.resumed.is_empty();
             receipts.push(EventReceipt {
                 id: event.id,
                 duplicate: false,

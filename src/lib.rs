@@ -11,6 +11,7 @@ pub mod core;
 pub mod diagnostic;
 pub mod ingest;
 pub mod message;
+pub mod policy;
 pub mod project;
 pub mod scheduler;
 pub mod send;

@@ -9,10 +9,12 @@ use serde_json::json;
 
 use crate::core::Core;
 use crate::message::{OutgoingEmail, build};
+use crate::policy::{CapDecision, Policy, cap_allows, quiet_until};
 use crate::store::Journey;
 use crate::store::{Contact, Message, Result, Tx, message_status as ms};
 use crate::template::Mode;
-use crate::workflow::model::{Category, SendSpec};
+use crate::workflow::engine::contact_zone;
+use crate::workflow::model::{CapOutcome, Category, SendSpec};
 use crate::workflow::program::Node;
 use crate::workflow::trigger::contact_view;
 
@@ -26,6 +28,8 @@ pub enum Delivery {
         error: String,
         retry_after: Option<std::time::Duration>,
     },
+    /// Held back by etiquette (quiet hours, frequency cap): run the step again at `until`.
+    Defer { until: DateTime<Utc> },
 }
 
 pub async fn deliver(
@@ -104,6 +108,27 @@ pub async fn deliver(
     };
     if let Some(reason) = blocked(&mut tx, &contact, category).await? {
         return resolve(tx, &message, ms::SUPPRESSED, &reason, now).await;
+    }
+    if category == Category::Marketing {
+        let policy =
+            Policy::for_workflow(core.policy, &wf.map(|w| w.def.policy).unwrap_or_default());
+        if let Some(decision) = etiquette(&mut tx, core, &contact, &policy, now).await? {
+            let note = match decision {
+                Etiquette::Skip => {
+                    tx.set_journey_note(&journey.id, "skipped: frequency_cap", now)
+                        .await?;
+                    return resolve(tx, &message, ms::SKIPPED, "skipped: frequency_cap", now).await;
+                }
+                Etiquette::Defer { until, reason } => (
+                    until,
+                    format!("deferred_until {}: {reason}", until.to_rfc3339()),
+                ),
+            };
+            tx.set_journey_note(&journey.id, &note.1, now).await?;
+            tx.set_message_detail(&message.id, &note.1, now).await?;
+            tx.commit().await?;
+            return Ok(Delivery::Defer { until: note.0 });
+        }
     }
     let unsubscribe_url = core.unsubscribe_url(&contact.id, &message.id);
     let context = json!({
@@ -315,6 +340,50 @@ pub async fn give_up(
         .await?;
     }
     Ok(())
+}
+
+enum Etiquette {
+    Skip,
+    Defer {
+        until: DateTime<Utc>,
+        reason: &'static str,
+    },
+}
+
+/// Quiet hours, then the frequency cap, for a marketing send due now.
+async fn etiquette(
+    tx: &mut Tx,
+    core: &Core,
+    contact: &Contact,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Result<Option<Etiquette>> {
+    if let Some(window) = &policy.quiet_hours {
+        let zone = contact_zone(&contact.attributes, core.settings.default_timezone());
+        if let Some(until) = quiet_until(now, zone, window) {
+            return Ok(Some(Etiquette::Defer {
+                until,
+                reason: "quiet_hours",
+            }));
+        }
+    }
+    if let Some(cap) = &policy.frequency_cap {
+        // Two journeys of one contact must not both pass the cap on the same count.
+        tx.lock_contact(&contact.id).await?;
+        let sends = tx
+            .recent_marketing_sends(&contact.id, now - cap.per.0)
+            .await?;
+        if let CapDecision::Over { until } = cap_allows(now, cap, &sends) {
+            return Ok(Some(match cap.outcome {
+                CapOutcome::Skip => Etiquette::Skip,
+                CapOutcome::Defer => Etiquette::Defer {
+                    until,
+                    reason: "frequency_cap",
+                },
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// Why this contact must not get this category of mail, if it must not. Marketing needs a

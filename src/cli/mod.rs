@@ -1,5 +1,7 @@
 //! Command-line interface: one file per command; `anyhow` context lives here, at the edge.
 
+mod bench;
+mod cron;
 mod migrate;
 mod preview;
 mod serve;
@@ -42,10 +44,14 @@ enum Command {
     Serve(serve::Args),
     /// Apply database migrations.
     Migrate,
+    /// Print the next fire instants (UTC) of a cron expression.
+    Cron(cron::Args),
     /// Check workflows and templates; exit 1 on any problem.
     Validate,
     /// Render a template with sample data (or the given contact/event JSON).
     Preview(preview::Args),
+    /// Measure end-to-end throughput.
+    Bench(bench::Args),
 }
 
 fn init_logging(format: LogFormat) {
@@ -77,9 +83,11 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(&cli.dir, cli.config.as_deref(), args).await,
+            Command::Cron(args) => cron::run(args),
             Command::Migrate => migrate::run(&cli.dir, cli.config.as_deref()).await,
             Command::Validate => validate::run(&cli.dir, cli.config.as_deref()),
             Command::Preview(args) => preview::run(&cli.dir, args),
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

@@ -15,6 +15,9 @@ use crate::core::Core;
 use crate::store::{Job, Result, Tx};
 use crate::workflow::engine::{Outcome, run_journey_job};
 
+mod ticks;
+pub use ticks::{reschedule_contact, sync_definitions, tick};
+
 const BACKOFF_BASE: TimeDelta = TimeDelta::seconds(10);
 const BACKOFF_CAP: TimeDelta = TimeDelta::hours(1);
 
@@ -39,7 +42,11 @@ pub async fn mark_dead(tx: &mut Tx, job_id: &str, reason: &str, now: DateTime<Ut
 }
 
 async fn run_job(core: &Core, job: &Job) -> Outcome {
-    match run_journey_job(core, job).await {
+    let result = match job.kind.as_str() {
+        ticks::BACKFILL_JOB | ticks::SCHEDULE_FIRE_JOB => ticks::run_paging_job(core, job).await,
+        _ => run_journey_job(core, job).await,
+    };
+    match result {
         Ok(outcome) => outcome,
         Err(e) => {
             // A database error mid-step: the lease will expire and the reaper re-queues it.
@@ -49,11 +56,12 @@ async fn run_job(core: &Core, job: &Job) -> Outcome {
     }
 }
 
-/// Reaps expired leases, then claims and runs every due job until none is due. Returns how many
-/// jobs ran. Tests drive the engine with this and a manual clock.
+/// Reaps expired leases, fires due time triggers, then claims and runs every due job until none
+/// is due. Returns how many jobs ran. Tests drive the engine with this and a manual clock.
 pub async fn run_due(core: &Core) -> Result<usize> {
     let mut ran = 0;
     core.store.reap_expired_leases(core.clock.now()).await?;
+    tick(core).await?;
     loop {
         let now = core.clock.now();
         let jobs = core
@@ -87,6 +95,9 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken, grace: Duration) 
                 Err(e) => tracing::error!(error = %e, "lease reaper failed"),
             }
             next_reap = now + core.lease / 2;
+        }
+        if let Err(e) = tick(&core).await {
+            tracing::error!(error = %e, "firing time triggers failed");
         }
         let free = permits.available_permits();
         let claimed = if free == 0 {
@@ -125,7 +136,7 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken, grace: Duration) 
             continue;
         }
         let fallback = now + core.poll;
-        let deadline = match core.store.next_wakeup().await {
+        let deadline = match next_wakeup(&core).await {
             Ok(Some(at)) => at.min(fallback).min(next_reap),
             Ok(None) => fallback.min(next_reap),
             Err(e) => {
@@ -145,6 +156,16 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken, grace: Duration) 
             "shutdown grace period over with jobs still running; their leases will expire"
         );
     }
+}
+
+/// The earliest instant a job or a time trigger is due.
+async fn next_wakeup(core: &Core) -> Result<Option<DateTime<Utc>>> {
+    let jobs = core.store.next_wakeup().await?;
+    let triggers = core.store.next_trigger_time().await?;
+    Ok(match (jobs, triggers) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,18 @@ impl Tx {
         }))
     }
 
+    /// Serializes decisions about one contact across transactions (PostgreSQL row lock; SQLite
+    /// write transactions are serialized already).
+    pub async fn lock_contact(&mut self, id: &str) -> Result<()> {
+        if let Tx::Postgres(t) = self {
+            sqlx::query("SELECT id FROM contacts WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .execute(&mut **t)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Inserts or replaces the contact row as given.
     pub async fn put_contact(&mut self, contact: &Contact) -> Result<()> {
         on_conn!(self, c => {

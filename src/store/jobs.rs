@@ -91,6 +91,43 @@ impl Tx {
         Ok(done == 1)
     }
 
+    /// Extends `worker`'s lease on job `id` to `until` and stores its progress; answers false
+    /// when the worker no longer holds it.
+    pub async fn renew_job(
+        &mut self,
+        id: &str,
+        worker: &str,
+        until: DateTime<Utc>,
+        payload: &serde_json::Value,
+    ) -> Result<bool> {
+        let n = on_conn!(self, c => {
+            sqlx::query(
+                "UPDATE jobs SET locked_until = $3, payload = $4
+                 WHERE id = $1 AND locked_by = $2 AND status = 'running'",
+            )
+            .bind(id)
+            .bind(worker)
+            .bind(until)
+            .bind(sqlx::types::Json(payload))
+            .execute(c)
+            .await?
+            .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Makes a journey's queued job due at `at` (an awaited event arrived).
+    pub async fn wake_journey_job(&mut self, journey_id: &str, at: DateTime<Utc>) -> Result<()> {
+        on_conn!(self, c => {
+            sqlx::query("UPDATE jobs SET run_at = $2 WHERE journey_id = $1 AND status = 'queued' AND run_at > $2")
+                .bind(journey_id)
+                .bind(at)
+                .execute(c)
+                .await?;
+        });
+        Ok(())
+    }
+
     /// Answers whether `worker` still holds job `id`.
     pub async fn holds_job(&mut self, id: &str, worker: &str) -> Result<bool> {
         let n: (i64,) = on_conn!(self, c => {

@@ -122,6 +122,24 @@ impl Tx {
         Ok(done == 1)
     }
 
+    /// Records the last etiquette decision about a journey.
+    pub async fn set_journey_note(
+        &mut self,
+        id: &str,
+        note: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        on_conn!(self, c => {
+            sqlx::query("UPDATE journeys SET note = $2, updated_at = $3 WHERE id = $1")
+                .bind(id)
+                .bind(note)
+                .bind(now)
+                .execute(c)
+                .await?;
+        });
+        Ok(())
+    }
+
     /// Ends an active journey with `status` (see [`journey_status`]) and stops its job.
     /// Answers false when it had already ended.
     pub async fn end_journey(

@@ -85,6 +85,23 @@ impl Tx {
         Ok(done == 1)
     }
 
+    pub async fn set_message_detail(
+        &mut self,
+        id: &str,
+        detail: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        on_conn!(self, c => {
+            sqlx::query("UPDATE messages SET detail = $2, updated_at = $3 WHERE id = $1")
+                .bind(id)
+                .bind(detail)
+                .bind(now)
+                .execute(c)
+                .await?;
+        });
+        Ok(())
+    }
+
     pub async fn get_message(&mut self, id: &str) -> Result<Option<Message>> {
         Ok(on_conn!(self, c => {
             sqlx::query_as::<_, Message>("SELECT * FROM messages WHERE id = $1")
@@ -155,6 +172,26 @@ impl Tx {
             .await?
         });
         Ok(n.0 > 0)
+    }
+
+    /// When the contact's marketing mail after `since` went out (or was handed over).
+    pub async fn recent_marketing_sends(
+        &mut self,
+        contact_id: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<DateTime<Utc>>> {
+        let rows: Vec<(DateTime<Utc>,)> = on_conn!(self, c => {
+            sqlx::query_as(
+                "SELECT COALESCE(sent_at, updated_at) FROM messages
+                 WHERE contact_id = $1 AND category = 'marketing' AND status IN ('sent', 'sending', 'unknown')
+                   AND COALESCE(sent_at, updated_at) > $2",
+            )
+            .bind(contact_id)
+            .bind(since)
+            .fetch_all(c)
+            .await?
+        });
+        Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
     /// Message counts by status (for reports and tests).

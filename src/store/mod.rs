@@ -9,6 +9,7 @@ mod jobs;
 mod journeys;
 mod messages;
 pub mod models;
+mod triggers;
 
 use std::str::FromStr;
 use std::time::Duration;

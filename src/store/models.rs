@@ -48,6 +48,8 @@ pub struct Journey {
     pub updated_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
     pub end_reason: Option<String>,
+    /// The last etiquette decision (`deferred_until …`, `skipped: frequency_cap`).
+    pub note: Option<String>,
 }
 
 /// Lifecycle of a job.
@@ -86,6 +88,8 @@ pub mod message_status {
     /// The process stopped between handing over and the receipt: never re-sent.
     pub const UNKNOWN: &str = "unknown";
     pub const SUPPRESSED: &str = "suppressed";
+    /// Never sent because of the frequency cap (`outcome = "skip"`).
+    pub const SKIPPED: &str = "skipped";
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
@@ -126,4 +130,13 @@ pub struct Suppression {
     pub reason: String,
     pub detail: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+/// A contact's next fire of a date trigger or contact-local schedule.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct TriggerTime {
+    pub workflow: String,
+    pub contact_id: String,
+    pub fire_at: DateTime<Utc>,
+    pub occurrence: String,
 }

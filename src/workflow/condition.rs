@@ -19,6 +19,10 @@ pub struct Subject<'a> {
     pub event: Option<&'a Value>,
     /// The journey, for `opened`/`clicked`: its id and a resolver from step id to step key.
     pub journey_id: Option<&'a str>,
+    /// When the journey began: inside a journey, `event` conditions without `within` look at
+    /// events since then ("did they order since entering?"), which is what a branch after
+    /// `wait_for` asks.
+    pub journey_since: Option<DateTime<Utc>>,
     pub now: DateTime<Utc>,
 }
 
@@ -184,7 +188,10 @@ async fn message_event(
 }
 
 async fn event_condition(ec: &EventCondition, subject: &Subject<'_>, tx: &mut Tx) -> Result<bool> {
-    let since = ec.within.map(|d| subject.now - d.0);
+    let since = ec
+        .within
+        .map(|d| subject.now - d.0)
+        .or(subject.journey_since);
     let events = tx
         .contact_events(subject.contact_id, &ec.name, since)
         .await?;

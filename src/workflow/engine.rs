@@ -2,7 +2,7 @@
 //! needs a retry. Every move is committed before the next step starts, and every change checks
 //! that this worker still holds the job's lease, so a journey never runs on two workers at once.
 
-use chrono::{DateTime, Datelike, NaiveTime, TimeDelta, TimeZone, Utc, Weekday};
+use chrono::{DateTime, Datelike, NaiveTime, TimeDelta, Utc, Weekday};
 use chrono_tz::Tz;
 use serde_json::Value;
 use sqlx::types::Json;
@@ -10,6 +10,7 @@ use sqlx::types::Json;
 use super::condition::{Subject, evaluate};
 use super::model::{StepKind, Variant, Wait};
 use super::program::Node;
+use super::timing::local_instant;
 use super::trigger::contact_view;
 use crate::core::Core;
 use crate::send::{self, Delivery};
@@ -106,10 +107,34 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
                 core.wake_scheduler();
                 return Ok(Outcome::Waiting(until));
             }
-            StepKind::WaitFor { .. } => Move::End(
-                journey_status::FAILED,
-                "`wait_for` is not supported by this version".to_owned(),
-            ),
+            StepKind::WaitFor { event, timeout } => {
+                // Wait until the event arrives (trigger::on_event wakes the job) or the timeout.
+                let until = due.min(now) + timeout.0;
+                let Some(next) = node.next.clone() else {
+                    end(
+                        &mut tx,
+                        core,
+                        job,
+                        &journey,
+                        journey_status::COMPLETED,
+                        "completed",
+                        now,
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    return Ok(Outcome::Done);
+                };
+                let mut context = journey.context.0.clone();
+                context["waiting"] =
+                    serde_json::json!({ "step": node.key, "event": event, "until": until });
+                tx.advance_journey(&journey.id, &next, Some(&context), now)
+                    .await?;
+                tx.requeue_job(&job.id, &core.worker_id, until, true, None, now)
+                    .await?;
+                tx.commit().await?;
+                core.wake_scheduler();
+                return Ok(Outcome::Waiting(until));
+            }
             StepKind::Branch { condition, .. } => {
                 let holds = branch_holds(core, &mut tx, &journey, condition, now).await?;
                 Move::To(node.children[if holds { 0 } else { 1 }].clone())
@@ -165,6 +190,21 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
                         }
                         tx.commit().await?;
                         continue;
+                    }
+                    Delivery::Defer { until } => {
+                        let mut tx = core.store.write().await?;
+                        tx.requeue_job(
+                            &job.id,
+                            &core.worker_id,
+                            until,
+                            true,
+                            None,
+                            core.clock.now(),
+                        )
+                        .await?;
+                        tx.commit().await?;
+                        core.wake_scheduler();
+                        return Ok(Outcome::Waiting(until));
                     }
                     Delivery::Retry { error, retry_after } => {
                         return retry(core, job, &journey, &node, &error, retry_after).await;
@@ -312,6 +352,7 @@ async fn branch_holds(
         contact: &view,
         event: event_props.as_ref(),
         journey_id: Some(&journey.id),
+        journey_since: Some(journey.entered_at),
         now,
     };
     let program = core
@@ -419,30 +460,10 @@ pub fn next_local_time(
     days: &[Weekday],
 ) -> DateTime<Utc> {
     let today = now.with_timezone(&zone).date_naive();
-    for offset in 0..=8 {
-        let date = today + TimeDelta::days(offset);
-        if !days.is_empty() && !days.contains(&date.weekday()) {
-            continue;
-        }
-        let local = date.and_time(at);
-        let instant = match zone.from_local_datetime(&local) {
-            chrono::LocalResult::Single(t) => t,
-            chrono::LocalResult::Ambiguous(first, _) => first,
-            chrono::LocalResult::None => {
-                // Spring-forward gap: walk forward minute by minute to the first valid time.
-                let mut probe = local;
-                loop {
-                    probe += TimeDelta::minutes(1);
-                    if let Some(t) = zone.from_local_datetime(&probe).earliest() {
-                        break t;
-                    }
-                }
-            }
-        };
-        let instant = instant.with_timezone(&Utc);
-        if instant > now {
-            return instant;
-        }
-    }
-    now + TimeDelta::days(7)
+    (0..=8)
+        .map(|offset| today + TimeDelta::days(offset))
+        .filter(|date| days.is_empty() || days.contains(&date.weekday()))
+        .map(|date| local_instant(zone, date.and_time(at)))
+        .find(|instant| *instant > now)
+        .unwrap_or(now + TimeDelta::days(7))
 }

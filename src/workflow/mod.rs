@@ -6,6 +6,7 @@ pub mod engine;
 pub mod model;
 pub mod parse;
 pub mod program;
+pub mod timing;
 pub mod trigger;
 
 use std::collections::HashMap;

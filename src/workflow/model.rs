@@ -23,9 +23,53 @@ pub struct Workflow {
     pub reentry: Reentry,
     pub exit_on: Vec<EventMatch>,
     pub goal: Option<Goal>,
+    /// Overrides of the `[sending]` etiquette for this workflow's marketing mail.
+    pub policy: PolicyOverrides,
     pub steps: Vec<Step>,
     /// File the workflow was loaded from, for error messages.
     pub source: PathBuf,
+}
+
+/// A workflow's choice for one `[sending]` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Override<T> {
+    /// Use the configured default.
+    #[default]
+    Inherit,
+    /// Turned off for this workflow (`quiet_hours: off`).
+    Off,
+    On(T),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicyOverrides {
+    pub quiet_hours: Override<QuietHours>,
+    pub frequency_cap: Override<FrequencyCap>,
+}
+
+/// Contact-local window in which marketing mail waits; may span midnight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuietHours {
+    pub start: NaiveTime,
+    pub end: NaiveTime,
+}
+
+/// At most `max` marketing emails per contact in any `per` window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrequencyCap {
+    pub max: u32,
+    pub per: Duration,
+    pub outcome: CapOutcome,
+}
+
+/// What happens to a send over the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CapOutcome {
+    /// Never sent (Klaviyo's "smart sending").
+    #[default]
+    Skip,
+    /// Held until the cap allows it.
+    Defer,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,6 +125,8 @@ pub struct ScheduleTrigger {
 pub enum ScheduleZone {
     /// Each contact's own time zone.
     Contact,
+    /// The configured `sending.timezone`.
+    Default,
     /// A fixed IANA zone.
     Zone(chrono_tz::Tz),
 }

@@ -22,9 +22,10 @@ use serde_saphyr::{
 };
 
 use super::model::{
-    AggregateFn, Category, Comparison, Condition, DateTrigger, Duration, EventCondition,
-    EventMatch, EventMeasure, EventTrigger, Goal, Op, Reentry, ScheduleTrigger, ScheduleZone,
-    SegmentTrigger, SendSpec, SignedDuration, Step, StepKind, Trigger, Variant, Wait, Workflow,
+    AggregateFn, CapOutcome, Category, Comparison, Condition, DateTrigger, Duration,
+    EventCondition, EventMatch, EventMeasure, EventTrigger, FrequencyCap, Goal, Op, Override,
+    PolicyOverrides, QuietHours, Reentry, ScheduleTrigger, ScheduleZone, SegmentTrigger, SendSpec,
+    SignedDuration, Step, StepKind, Trigger, Variant, Wait, Workflow,
 };
 use crate::diagnostic::Diagnostic;
 
@@ -196,6 +197,17 @@ impl FromStr for SignedDuration {
 }
 
 /// Parses a time of day written `HH:MM`, 24-hour (`09:00`, `17:30`; `9:00` is accepted too).
+/// `skip` or `defer`.
+pub fn parse_cap_outcome(s: &str) -> Result<CapOutcome, String> {
+    match s {
+        "skip" => Ok(CapOutcome::Skip),
+        "defer" => Ok(CapOutcome::Defer),
+        _ => Err(format!(
+            "unknown frequency cap outcome `{s}`, expected `skip` or `defer`"
+        )),
+    }
+}
+
 pub fn parse_time_of_day(s: &str) -> Result<NaiveTime, String> {
     let invalid =
         || format!("invalid time `{s}`: expected HH:MM, 24-hour, e.g. `09:00` or `17:30`");
@@ -391,6 +403,8 @@ const WORKFLOW_KEYS: &[&str] = &[
     "reentry",
     "exit_on",
     "goal",
+    "quiet_hours",
+    "frequency_cap",
     "steps",
 ];
 const TRIGGER_KINDS: &[&str] = &["event", "segment", "date", "schedule"];
@@ -727,6 +741,16 @@ impl<'a> Reader<'a> {
             .map(|n| self.exit_on(n))
             .unwrap_or_default();
         let goal = f.get("goal").and_then(|n| self.goal(n));
+        let policy = PolicyOverrides {
+            quiet_hours: f
+                .get("quiet_hours")
+                .and_then(|n| self.overridden(n, "`quiet_hours`", Self::quiet_hours))
+                .unwrap_or_default(),
+            frequency_cap: f
+                .get("frequency_cap")
+                .and_then(|n| self.overridden(n, "`frequency_cap`", Self::frequency_cap))
+                .unwrap_or_default(),
+        };
         let steps = self.required(&f, "steps", "the workflow").and_then(|node| {
             if matches!(&node.value, Node::Seq(items) if items.is_empty()) {
                 self.error(node.referenced, "`steps` must not be empty");
@@ -742,6 +766,7 @@ impl<'a> Reader<'a> {
             reentry,
             exit_on,
             goal,
+            policy,
             steps: steps?,
             source: self.file.to_path_buf(),
         };
@@ -789,6 +814,68 @@ impl<'a> Reader<'a> {
                 })
             })
             .collect()
+    }
+
+    /// `off` (or `false`) turns a `[sending]` setting off; a mapping sets it for this workflow.
+    fn overridden<T>(
+        &mut self,
+        node: &SNode,
+        what: &str,
+        read: impl FnOnce(&mut Self, &SNode) -> Option<T>,
+    ) -> Option<Override<T>> {
+        match &node.value {
+            Node::Bool(false) => Some(Override::Off),
+            Node::Str(s) if s == "off" => Some(Override::Off),
+            Node::Map(_) => read(self, node).map(Override::On),
+            other => {
+                self.error(
+                    node.referenced,
+                    format!(
+                        "{what} must be a mapping or `off`, found {}",
+                        describe(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn quiet_hours(&mut self, node: &SNode) -> Option<QuietHours> {
+        let f = self.fields(node, "`quiet_hours`", &["start", "end"])?;
+        let start = self
+            .required(&f, "start", "`quiet_hours`")
+            .and_then(|n| self.parsed(n, "`start`", parse_time_of_day));
+        let end = self
+            .required(&f, "end", "`quiet_hours`")
+            .and_then(|n| self.parsed(n, "`end`", parse_time_of_day));
+        Some(QuietHours {
+            start: start?,
+            end: end?,
+        })
+    }
+
+    fn frequency_cap(&mut self, node: &SNode) -> Option<FrequencyCap> {
+        let f = self.fields(node, "`frequency_cap`", &["max", "per", "outcome"])?;
+        let max = self.required(&f, "max", "`frequency_cap`").and_then(|n| {
+            self.parsed(n, "`max`", |s| {
+                s.parse::<u32>()
+                    .ok()
+                    .filter(|m| *m > 0)
+                    .ok_or_else(|| format!("`max` must be a whole number above 0, found `{s}`"))
+            })
+        });
+        let per = self
+            .required(&f, "per", "`frequency_cap`")
+            .and_then(|n| self.duration(n, "`per`"));
+        let outcome = match f.get("outcome") {
+            Some(n) => self.parsed(n, "`outcome`", parse_cap_outcome),
+            None => Some(CapOutcome::default()),
+        };
+        Some(FrequencyCap {
+            max: max?,
+            per: per?,
+            outcome: outcome?,
+        })
     }
 
     fn goal(&mut self, node: &SNode) -> Option<Goal> {
@@ -875,21 +962,15 @@ impl<'a> Reader<'a> {
             "a `schedule` trigger",
             &["cron", "timezone", "audience"],
         )?;
-        let cron = self.required(&g, "cron", "a `schedule` trigger").and_then(|n| {
-            self.parsed(n, "`cron`", |s| {
-                let fields = s.split_whitespace().count();
-                if fields == 5 {
-                    Ok(s.to_owned())
-                } else {
-                    Err(format!(
-                        "`cron` needs 5 fields (minute hour day-of-month month day-of-week), found {fields}"
-                    ))
-                }
-            })
-        });
-        // Unset means the configured default zone, which is not known here (see the report).
+        let cron = self
+            .required(&g, "cron", "a `schedule` trigger")
+            .and_then(|n| {
+                self.parsed(n, "`cron`", |s| {
+                    super::timing::parse_cron(s).map(|_| s.to_owned())
+                })
+            });
         let timezone = match g.get("timezone") {
-            None => Some(ScheduleZone::Zone(chrono_tz::UTC)),
+            None => Some(ScheduleZone::Default),
             Some(n) => self.parsed(n, "`timezone`", |s| {
                 if s == "contact" {
                     Ok(ScheduleZone::Contact)
@@ -1671,6 +1752,7 @@ steps:
                 within: Some(days(5)),
                 value: Some("total".to_owned()),
             }),
+            policy: PolicyOverrides::default(),
             steps: vec![
                 Step {
                     id: None,
@@ -1816,7 +1898,46 @@ steps:
         let Trigger::Schedule(schedule) = w.trigger else {
             panic!()
         };
-        assert_eq!(schedule.timezone, ScheduleZone::Zone(chrono_tz::UTC));
+        assert_eq!(schedule.timezone, ScheduleZone::Default);
+    }
+
+    #[test]
+    fn etiquette_overrides() {
+        let w = parse_ok(
+            "trigger: { event: x }\nquiet_hours: { start: \"22:00\", end: \"07:30\" }\nfrequency_cap: { max: 3, per: 1w, outcome: defer }\nsteps: [exit]\n",
+        );
+        assert_eq!(
+            w.policy.quiet_hours,
+            Override::On(QuietHours {
+                start: NaiveTime::from_hms_opt(22, 0, 0).unwrap(),
+                end: NaiveTime::from_hms_opt(7, 30, 0).unwrap(),
+            })
+        );
+        assert_eq!(
+            w.policy.frequency_cap,
+            Override::On(FrequencyCap {
+                max: 3,
+                per: "1w".parse().unwrap(),
+                outcome: CapOutcome::Defer
+            })
+        );
+        let off = parse_ok(
+            "trigger: { event: x }\nquiet_hours: off\nfrequency_cap: false\nsteps: [exit]\n",
+        );
+        assert_eq!(
+            (off.policy.quiet_hours, off.policy.frequency_cap),
+            (Override::Off, Override::Off)
+        );
+        assert_eq!(
+            errors(
+                "w.yaml",
+                "trigger: { event: x }\nfrequency_cap: { max: 0, per: 1d, outcome: later }\nsteps: [exit]\n"
+            ),
+            vec![
+                "w.yaml:2:23: `max` must be a whole number above 0, found `0`",
+                "w.yaml:2:44: unknown frequency cap outcome `later`, expected `skip` or `defer`",
+            ]
+        );
     }
 
     #[test]
@@ -2352,7 +2473,7 @@ steps:
             (
                 "trigger: { schedule: { cron: '0 9 * *', timezone: Mars/Olympus } }\nsteps: [exit]\n",
                 &[
-                    "1:30: `cron` needs 5 fields (minute hour day-of-month month day-of-week), found 4",
+                    "1:30: `0 9 * *` is not a 5-field cron expression (minute hour day month weekday)",
                     "1:51: unknown time zone `Mars/Olympus`: expected an IANA name such as `Europe/Paris`, or `contact`",
                 ],
             ),
@@ -2723,7 +2844,7 @@ steps:
                 "x: &bad { wait: 1 hour }\ntrigger: { event: x }\nsteps: [ *bad ]\n"
             ),
             vec![
-                "w.yaml:1:1: unknown field `x`, expected one of `name`, `description`, `category`, `trigger`, `conditions`, `reentry`, `exit_on`, `goal`, `steps`",
+                "w.yaml:1:1: unknown field `x`, expected one of `name`, `description`, `category`, `trigger`, `conditions`, `reentry`, `exit_on`, `goal`, `quiet_hours`, `frequency_cap`, `steps`",
                 "w.yaml:3:10: invalid duration `1 hour`: expected a whole number and a unit (s, m, h, d or w) with no space between them, e.g. `30s`, `15m`, `1h`, `2d`, `1w`",
             ]
         );

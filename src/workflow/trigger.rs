@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sqlx::types::Json;
 
 use super::condition::{Subject, evaluate, evaluate_pure, lookup};
-use super::model::{EventMatch, Reentry, Trigger};
+use super::model::{Condition, EventMatch, Reentry, Trigger};
 use super::{Compiled, Workflows};
 use crate::store::{Contact, Event, Job, Journey, Result, Tx, job_status, journey_status};
 
@@ -17,6 +17,8 @@ use crate::store::{Contact, Event, Job, Journey, Result, Tx, job_status, journey
 pub struct Effects {
     pub entered: Vec<String>,
     pub exited: Vec<String>,
+    /// Journeys whose `wait_for` this event ended.
+    pub resumed: Vec<String>,
 }
 
 /// The contact as `attribute` conditions and templates see it.
@@ -37,6 +39,7 @@ fn matches_event(rule: &EventMatch, event: &Event, contact: &Value, now: DateTim
         contact,
         event: Some(&event.properties.0),
         journey_id: None,
+        journey_since: None,
         now,
     };
     rule.event == event.name
@@ -74,6 +77,18 @@ pub async fn on_event(
             {
                 effects.exited.push(journey.id);
             }
+            continue;
+        }
+        let waiting = &journey.context.0["waiting"];
+        if waiting["event"] == event.name.as_str() && waiting["received"].is_null() {
+            let mut context = journey.context.0.clone();
+            context["waiting"]["received"] = json!(event.id);
+            if let Some(step) = &journey.step {
+                tx.advance_journey(&journey.id, step, Some(&context), now)
+                    .await?;
+                tx.wake_journey_job(&journey.id, now).await?;
+                effects.resumed.push(journey.id);
+            }
         }
     }
     for wf in workflows.triggered_by(&event.name) {
@@ -96,19 +111,6 @@ async fn try_enter(
     let Trigger::Event(trigger) = &wf.def.trigger else {
         return Ok(None);
     };
-    let subject = Subject {
-        contact_id: &contact.id,
-        contact: view,
-        event: Some(&event.properties.0),
-        journey_id: None,
-        now,
-    };
-    let no_steps = |_: &str| None;
-    for cond in trigger.filter.iter().chain(&wf.def.conditions) {
-        if !evaluate(cond, &subject, tx, &no_steps).await? {
-            return Ok(None);
-        }
-    }
     let key = match &trigger.key {
         None => String::new(),
         Some(path) => match lookup(&event.properties.0, path) {
@@ -118,7 +120,59 @@ async fn try_enter(
             _ => return Ok(None),
         },
     };
-    if let Some(last) = tx.latest_journey(&wf.def.name, &contact.id, &key).await? {
+    let entry = Entry {
+        contact,
+        view,
+        filter: &trigger.filter,
+        properties: Some(&event.properties.0),
+        trigger: event_view(event),
+        key,
+    };
+    enter(tx, wf, entry, now, max_attempts).await
+}
+
+/// A contact about to enter a workflow, and why.
+pub struct Entry<'a> {
+    pub contact: &'a Contact,
+    /// The contact as conditions see it ([`contact_view`]).
+    pub view: &'a Value,
+    /// Trigger-specific conditions (an event trigger's `where`).
+    pub filter: &'a [Condition],
+    /// Properties of the triggering event, for `property` conditions.
+    pub properties: Option<&'a Value>,
+    /// What templates see as `event`.
+    pub trigger: Value,
+    /// Scopes "one active journey" and re-entry: an event's `key`, or a time trigger's occurrence.
+    pub key: String,
+}
+
+/// Starts a journey for `entry.contact` unless a condition, an active journey for the same key,
+/// or the re-entry policy says no. Returns the new journey's id.
+pub async fn enter(
+    tx: &mut Tx,
+    wf: &Compiled,
+    entry: Entry<'_>,
+    now: DateTime<Utc>,
+    max_attempts: i64,
+) -> Result<Option<String>> {
+    let subject = Subject {
+        contact_id: &entry.contact.id,
+        contact: entry.view,
+        event: entry.properties,
+        journey_id: None,
+        journey_since: None,
+        now,
+    };
+    let no_steps = |_: &str| None;
+    for cond in entry.filter.iter().chain(&wf.def.conditions) {
+        if !evaluate(cond, &subject, tx, &no_steps).await? {
+            return Ok(None);
+        }
+    }
+    if let Some(last) = tx
+        .latest_journey(&wf.def.name, &entry.contact.id, &entry.key)
+        .await?
+    {
         let allowed = last.status != journey_status::ACTIVE
             && match wf.def.reentry {
                 Reentry::Never => false,
@@ -135,15 +189,16 @@ async fn try_enter(
     let journey = Journey {
         id: uuid::Uuid::now_v7().to_string(),
         workflow: wf.def.name.clone(),
-        contact_id: contact.id.clone(),
-        journey_key: key,
+        contact_id: entry.contact.id.clone(),
+        journey_key: entry.key,
         status: journey_status::ACTIVE.to_owned(),
         step: Some(first),
-        context: Json(json!({ "event": event_view(event) })),
+        context: Json(json!({ "event": entry.trigger })),
         entered_at: now,
         updated_at: now,
         ended_at: None,
         end_reason: None,
+        note: None,
     };
     if !tx.insert_journey(&journey).await? {
         return Ok(None);

@@ -117,15 +117,17 @@ async fn bad_input_gets_json_errors(db: Db) {
     );
     let (status, _) = app.get("/nowhere").await;
     assert_eq!(status, 404);
-    // Body limit.
+    // Body limit. The server answers before reading the whole body and closes the connection,
+    // so this request gets a client of its own.
     let huge = "x".repeat(3 * 1024 * 1024);
-    let (status, got) = app
-        .post(
-            "/v1/contacts",
-            json!({"id": "c", "email": "a@example.com", "attributes": {"blob": huge}}),
-        )
-        .await;
-    assert_eq!(status, 413, "{got}");
+    let big = json!({"id": "c", "email": "a@example.com", "attributes": {"blob": huge}});
+    let r = reqwest::Client::new()
+        .post(app.url("/v1/contacts"))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
     let (status, _) = app.get("/healthz").await;
     assert_eq!(status, 200);
     app.finish().await;

@@ -1,0 +1,541 @@
+//! `herald bench send`: measures end-to-end send throughput. It owns a throwaway project (one
+//! workflow that sends one transactional message per `bench_ping` event), a real Herald built
+//! from it (HTTP on an ephemeral loopback port, the engine, SQLite or a given PostgreSQL
+//! database, the `smtp` transport), a load generator that posts one event per contact over
+//! HTTP/1.1, and the figures it prints: messages/s, Herald's CPU µs per message, peak RSS and
+//! the ingest-only rate. Mail only ever goes to an SMTP sink on a loopback address.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{Application, Role};
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::store::Store;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum What {
+    /// N contacts each post one event that triggers one immediate send, end to end through the
+    /// HTTP API, the engine and the database into an SMTP sink on loopback.
+    Send(SendArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SendArgs {
+    /// Messages to send (one contact and one event each).
+    #[arg(long, default_value_t = 5000)]
+    messages: usize,
+    /// The SMTP sink, e.g. `smtp-sink -c 127.0.0.1:2525 1000`; must be a loopback address.
+    #[arg(long, default_value = "127.0.0.1:2525")]
+    smtp: String,
+    /// SMTP connection pool size (`transports.<name>.pool`).
+    #[arg(long, default_value_t = 16)]
+    pool: usize,
+    /// Concurrent HTTP clients posting events.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Journey steps run at once (`workers.concurrency`); default twice the pool.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// `sqlite` (a fresh file in a temp directory) or a database URL. A PostgreSQL database
+    /// should be a scratch one: the run leaves its contacts, journeys and messages in it.
+    #[arg(long, default_value = "sqlite")]
+    database: String,
+    /// Give up when the messages are not all sent after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+const WORKFLOW: &str = "name: bench\n\
+category: transactional\n\
+trigger:\n  event: bench_ping\n\
+steps:\n  - send: bench\n";
+
+const TEMPLATE: &str = "---\n\
+subject: 'Benchmark message for {{contact.first_name}}'\n\
+sample: { contact: { first_name: Ada } }\n\
+---\n\
+<h1>Hello {{contact.first_name}}</h1>\n\
+<p>This message was sent by <code>herald bench send</code> to a local SMTP sink.</p>\n\
+<p>Nothing to do here: it is one of many identical messages.</p>\n";
+
+/// Contacts per `/v1/contacts/batch` request while setting up.
+const CONTACT_CHUNK: usize = 1000;
+/// How often the database is asked how many messages are sent.
+const POLL: Duration = Duration::from_millis(20);
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.what {
+        What::Send(a) => send(a).await,
+    }
+}
+
+async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
+    if args.messages == 0 || args.pool == 0 || args.concurrency == 0 {
+        bail!("--messages, --pool and --concurrency must be at least 1");
+    }
+    let smtp = loopback_sink(&args.smtp)?;
+    check_sink(smtp)?;
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let project = ScratchDir::create(&run_id)?;
+    let workers = args.workers.unwrap_or(args.pool * 2).max(1);
+    let database_url = if args.database == "sqlite" {
+        format!("sqlite://{}", project.path().join("bench.db").display())
+    } else {
+        args.database.clone()
+    };
+    let env: Vec<(String, String)> = [
+        ("HERALD_DATABASE__URL", database_url),
+        ("HERALD_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
+        ("HERALD_SENDING__TRANSPORT", "bench".to_owned()),
+        ("HERALD_TRANSPORTS__BENCH__KIND", "smtp".to_owned()),
+        (
+            "HERALD_TRANSPORTS__BENCH__URL",
+            format!("smtp://{smtp}?tls=none"),
+        ),
+        ("HERALD_TRANSPORTS__BENCH__POOL", args.pool.to_string()),
+        ("HERALD_WORKERS__CONCURRENCY", workers.to_string()),
+        ("HERALD_TRACKING__SECRET", format!("bench-{run_id}")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let settings = Settings::load_with_env(project.path(), None, &env)?;
+    let app = Application::build(settings, project.path(), Clock::System, Role::All)
+        .await
+        .context("cannot start Herald")?;
+    let addr = app
+        .addr()
+        .ok_or_else(|| anyhow!("Herald did not bind an HTTP address"))?;
+    let core = Arc::clone(&app.core);
+    let backend = core.store.backend();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(app.run(shutdown.clone()));
+    let base = format!("http://{addr}");
+
+    let result = measure(&args, &base, &core.store, &run_id).await;
+
+    shutdown.cancel();
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "Herald stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "Herald's task failed"),
+    }
+    drop(core);
+    drop(project);
+    let figures = result?;
+    println!("herald bench send");
+    println!("database            {backend:?}");
+    println!("smtp sink           {smtp}");
+    println!(
+        "pool / workers      {} SMTP connections, {workers} workers, {} HTTP clients",
+        args.pool, args.concurrency
+    );
+    figures.print();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What one run measured.
+struct Figures {
+    messages: usize,
+    wall: Duration,
+    ingest: Duration,
+    /// Whole process, user + system, during the timed phase.
+    process_cpu: Duration,
+    /// The load generator's share of `process_cpu`.
+    client_cpu: Duration,
+    peak_rss_kib: Option<u64>,
+    clock_ticks: u64,
+}
+
+impl Figures {
+    fn print(&self) {
+        let n = self.messages as f64;
+        let herald_cpu = self.process_cpu.saturating_sub(self.client_cpu);
+        println!("messages            {}", self.messages);
+        println!("wall seconds        {:.3}", self.wall.as_secs_f64());
+        println!(
+            "messages/s          {:.0}",
+            n / self.wall.as_secs_f64().max(1e-9)
+        );
+        println!(
+            "ingest events/s     {:.0}",
+            n / self.ingest.as_secs_f64().max(1e-9)
+        );
+        println!(
+            "CPU µs/message      {:.0} (Herald; process {:.0} minus load generator {:.0}; tick {} ms)",
+            herald_cpu.as_secs_f64() * 1e6 / n,
+            self.process_cpu.as_secs_f64() * 1e6 / n,
+            self.client_cpu.as_secs_f64() * 1e6 / n,
+            1000 / self.clock_ticks.max(1),
+        );
+        match self.peak_rss_kib {
+            Some(kib) => println!(
+                "peak RSS            {:.1} MiB (whole process)",
+                kib as f64 / 1024.0
+            ),
+            None => println!("peak RSS            unknown (no /proc/self/status)"),
+        }
+    }
+}
+
+async fn measure(
+    args: &SendArgs,
+    base: &str,
+    store: &Store,
+    run_id: &str,
+) -> anyhow::Result<Figures> {
+    let n = args.messages;
+    let contact_id = {
+        let prefix = format!("bench-{run_id}-");
+        move |i: usize| format!("{prefix}{i}")
+    };
+    let http = reqwest::Client::new();
+    for start in (0..n).step_by(CONTACT_CHUNK) {
+        let contacts: Vec<Value> = (start..(start + CONTACT_CHUNK).min(n))
+            .map(|i| {
+                json!({
+                    "id": contact_id(i),
+                    "email": format!("c{i}@bench.example.com"),
+                    "attributes": { "first_name": format!("Contact {i}") },
+                })
+            })
+            .collect();
+        let response = http
+            .post(format!("{base}/v1/contacts/batch"))
+            .json(&json!({ "contacts": contacts }))
+            .send()
+            .await
+            .context("POST /v1/contacts/batch")?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            bail!("POST /v1/contacts/batch answered {status}: {body}");
+        }
+    }
+    drop(http);
+    let before = status_counts(store).await?;
+    let sent_before = before.sent;
+
+    let clock_ticks = clock_ticks_per_second();
+    let cpu_start = cpu_time(Path::new("/proc/self/stat"), clock_ticks)?;
+    let started = Instant::now();
+    let client = spawn_load(base.to_owned(), n, args.concurrency, contact_id);
+    let load = client
+        .await
+        .map_err(|_| anyhow!("the load generator thread stopped without a report"))??;
+    let ingest = started.elapsed();
+    if let Some(error) = load.first_error {
+        bail!(
+            "{} of {n} events were not accepted; first failure: {error}",
+            load.failures
+        );
+    }
+    let deadline = started + Duration::from_secs(args.timeout);
+    loop {
+        let counts = status_counts(store).await?;
+        let bad = counts.not_sent - before.not_sent;
+        if bad > 0 {
+            bail!(
+                "{bad} message(s) were not sent (failed, unknown or suppressed): {}",
+                counts.summary
+            );
+        }
+        if counts.sent - sent_before >= n as i64 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "only {} of {n} messages sent after {} s: {}",
+                counts.sent - sent_before,
+                args.timeout,
+                counts.summary
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let wall = started.elapsed();
+    let cpu_end = cpu_time(Path::new("/proc/self/stat"), clock_ticks)?;
+    Ok(Figures {
+        messages: n,
+        wall,
+        ingest,
+        process_cpu: cpu_end.saturating_sub(cpu_start),
+        client_cpu: load.cpu,
+        peak_rss_kib: peak_rss_kib(),
+        clock_ticks,
+    })
+}
+
+/// What the load generator did.
+struct Load {
+    failures: usize,
+    first_error: Option<String>,
+    /// CPU time of the load generator's thread.
+    cpu: Duration,
+}
+
+/// Posts one `bench_ping` event per contact from `concurrency` concurrent requests, on a
+/// thread and runtime of its own so its CPU time can be told apart from Herald's.
+fn spawn_load(
+    base: String,
+    n: usize,
+    concurrency: usize,
+    contact_id: impl Fn(usize) -> String + Send + Sync + 'static,
+) -> tokio::sync::oneshot::Receiver<anyhow::Result<Load>> {
+    let (report, receiver) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("bench-load".to_owned())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the load generator's runtime")
+                .and_then(|rt| rt.block_on(post_events(base, n, concurrency, contact_id)));
+            let result = result.and_then(|(failures, first_error)| {
+                let ticks = clock_ticks_per_second();
+                Ok(Load {
+                    failures,
+                    first_error,
+                    cpu: cpu_time(Path::new("/proc/thread-self/stat"), ticks)?,
+                })
+            });
+            let _ = report.send(result);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the load generator thread");
+    }
+    receiver
+}
+
+async fn post_events(
+    base: String,
+    n: usize,
+    concurrency: usize,
+    contact_id: impl Fn(usize) -> String + Send + Sync + 'static,
+) -> anyhow::Result<(usize, Option<String>)> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .context("cannot build the HTTP client")?;
+    let url: Arc<str> = format!("{base}/v1/events").into();
+    let next = Arc::new(AtomicUsize::new(0));
+    let contact_id = Arc::new(contact_id);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.min(n) {
+        let (http, url, next, contact_id) = (
+            http.clone(),
+            Arc::clone(&url),
+            Arc::clone(&next),
+            Arc::clone(&contact_id),
+        );
+        tasks.spawn(async move {
+            let mut failures = 0;
+            let mut first_error = None;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let body = json!({ "contact_id": contact_id(i), "name": "bench_ping" });
+                let error = match http.post(&*url).json(&body).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        // Read the body so the connection goes back to the pool.
+                        match r.bytes().await {
+                            Ok(_) => None,
+                            Err(e) => Some(e.to_string()),
+                        }
+                    }
+                    Ok(r) => {
+                        let status = r.status();
+                        Some(format!("{status}: {}", r.text().await.unwrap_or_default()))
+                    }
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(e) = error {
+                    failures += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+            (failures, first_error)
+        });
+    }
+    let mut failures = 0;
+    let mut first_error = None;
+    while let Some(done) = tasks.join_next().await {
+        let (f, e) = done.context("a load generator task panicked")?;
+        failures += f;
+        if first_error.is_none() {
+            first_error = e;
+        }
+    }
+    Ok((failures, first_error))
+}
+
+struct Counts {
+    sent: i64,
+    /// Failed, unknown or suppressed: final states other than `sent`.
+    not_sent: i64,
+    summary: String,
+}
+
+async fn status_counts(store: &Store) -> anyhow::Result<Counts> {
+    let mut tx = store.read().await?;
+    let rows = tx.message_status_counts().await?;
+    tx.commit().await?;
+    let count = |wanted: &[&str]| -> i64 {
+        rows.iter()
+            .filter(|(s, _)| wanted.contains(&s.as_str()))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    Ok(Counts {
+        sent: count(&["sent"]),
+        not_sent: count(&["failed", "unknown", "suppressed"]),
+        summary: rows
+            .iter()
+            .map(|(s, n)| format!("{s}={n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// Parses `--smtp` and refuses anything but a loopback address: the bench sends thousands of
+/// messages and must never reach a real mail server.
+fn loopback_sink(raw: &str) -> anyhow::Result<SocketAddr> {
+    let addr: SocketAddr = raw.parse().map_err(|_| {
+        anyhow!("--smtp `{raw}`: expected IP:PORT on loopback, e.g. 127.0.0.1:2525 or [::1]:2525")
+    })?;
+    if !addr.ip().is_loopback() {
+        bail!(
+            "--smtp `{raw}`: the bench only sends to a sink on a loopback address (127.0.0.0/8 or ::1)"
+        );
+    }
+    Ok(addr)
+}
+
+fn check_sink(addr: SocketAddr) -> anyhow::Result<()> {
+    TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| {
+        anyhow!(
+            "no SMTP sink answers on {addr} ({e}); start one, e.g. `smtp-sink -c {addr} 1000 &` \
+             (Debian package postfix)"
+        )
+    })?;
+    Ok(())
+}
+
+/// A project directory under the system temp dir, removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn create(run_id: &str) -> anyhow::Result<ScratchDir> {
+        let path = std::env::temp_dir().join(format!("herald-bench-{run_id}"));
+        let dir = ScratchDir(path);
+        for (rel, content) in [
+            ("workflows/bench.yaml", WORKFLOW),
+            ("templates/bench.hbs", TEMPLATE),
+        ] {
+            let file = dir.0.join(rel);
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            std::fs::write(&file, content)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+        }
+        Ok(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("warning: cannot remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// `sysconf(_SC_CLK_TCK)` without libc: asks `getconf CLK_TCK`, falling back to 100, the value
+/// on every mainstream Linux architecture.
+fn clock_ticks_per_second() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
+/// User + system CPU time from a `/proc/…/stat` file (fields 14 and 15, in clock ticks). For
+/// `/proc/self/stat` that is every thread of the process; for `/proc/thread-self/stat`, the
+/// calling thread.
+fn cpu_time(stat: &Path, ticks_per_second: u64) -> anyhow::Result<Duration> {
+    let text = std::fs::read_to_string(stat)
+        .with_context(|| format!("cannot read {} (Linux only)", stat.display()))?;
+    parse_cpu_ticks(&text)
+        .map(|ticks| Duration::from_secs_f64(ticks as f64 / ticks_per_second.max(1) as f64))
+        .ok_or_else(|| anyhow!("cannot parse {}", stat.display()))
+}
+
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may contain spaces or parentheses.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state).
+    let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
+    let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Peak resident set size (`VmHWM`) in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_sinks_are_accepted() {
+        assert!(loopback_sink("127.0.0.1:2525").is_ok());
+        assert!(loopback_sink("127.8.0.1:25").is_ok());
+        assert!(loopback_sink("[::1]:2525").is_ok());
+        assert!(loopback_sink("10.0.0.1:25").is_err());
+        assert!(loopback_sink("[2001:db8::1]:25").is_err());
+        assert!(loopback_sink("mail.example.com:25").is_err());
+        assert!(loopback_sink("127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn cpu_ticks_come_from_fields_14_and_15() {
+        let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 \
+                    8 0 100 1000000 500 18446744073709551615";
+        assert_eq!(parse_cpu_ticks(stat), Some(300));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+    }
+}

@@ -1,0 +1,242 @@
+//! Rows behind time-based triggers: per-contact fire instants (date triggers, contact-local
+//! schedules), fired occurrences, trigger definitions and fixed-zone schedule ticks. Every
+//! advance is a compare-and-set, so one node fires each tick however many share the database.
+
+use chrono::{DateTime, Utc};
+
+use super::{Contact, Result, Store, TriggerTime, Tx, on_conn};
+
+impl Tx {
+    pub async fn put_trigger_time(&mut self, t: &TriggerTime) -> Result<()> {
+        on_conn!(self, c => {
+            sqlx::query(
+                "INSERT INTO trigger_times (workflow, contact_id, fire_at, occurrence) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (workflow, contact_id) DO UPDATE SET fire_at = excluded.fire_at,
+                   occurrence = excluded.occurrence",
+            )
+            .bind(&t.workflow)
+            .bind(&t.contact_id)
+            .bind(t.fire_at)
+            .bind(&t.occurrence)
+            .execute(c)
+            .await?;
+        });
+        Ok(())
+    }
+
+    pub async fn delete_trigger_time(&mut self, workflow: &str, contact_id: &str) -> Result<()> {
+        on_conn!(self, c => {
+            sqlx::query("DELETE FROM trigger_times WHERE workflow = $1 AND contact_id = $2")
+                .bind(workflow)
+                .bind(contact_id)
+                .execute(c)
+                .await?;
+        });
+        Ok(())
+    }
+
+    pub async fn delete_workflow_trigger_times(&mut self, workflow: &str) -> Result<()> {
+        on_conn!(self, c => {
+            sqlx::query("DELETE FROM trigger_times WHERE workflow = $1")
+                .bind(workflow)
+                .execute(c)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Moves a due row to its next occurrence (or removes it) if it still says `fire_at`.
+    /// Answers false when another worker advanced it first.
+    pub async fn advance_trigger_time(
+        &mut self,
+        due: &TriggerTime,
+        next: Option<&TriggerTime>,
+    ) -> Result<bool> {
+        let n = on_conn!(self, c => {
+            match next {
+                Some(next) => sqlx::query(
+                    "UPDATE trigger_times SET fire_at = $4, occurrence = $5
+                     WHERE workflow = $1 AND contact_id = $2 AND fire_at = $3",
+                )
+                .bind(&due.workflow)
+                .bind(&due.contact_id)
+                .bind(due.fire_at)
+                .bind(next.fire_at)
+                .bind(&next.occurrence)
+                .execute(c)
+                .await?
+                .rows_affected(),
+                None => sqlx::query(
+                    "DELETE FROM trigger_times WHERE workflow = $1 AND contact_id = $2 AND fire_at = $3",
+                )
+                .bind(&due.workflow)
+                .bind(&due.contact_id)
+                .bind(due.fire_at)
+                .execute(c)
+                .await?
+                .rows_affected(),
+            }
+        });
+        Ok(n == 1)
+    }
+
+    /// Records that an occurrence fired; answers false if it already had.
+    pub async fn record_fire(
+        &mut self,
+        workflow: &str,
+        contact_id: &str,
+        occurrence: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let n = on_conn!(self, c => {
+            sqlx::query(
+                "INSERT INTO trigger_fires (workflow, contact_id, occurrence, fired_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(workflow)
+            .bind(contact_id)
+            .bind(occurrence)
+            .bind(now)
+            .execute(c)
+            .await?
+            .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Stores a trigger's definition; answers true when it is new or changed (the caller then
+    /// recomputes what depends on it). Only one of several racing nodes sees true.
+    pub async fn claim_trigger_spec(
+        &mut self,
+        workflow: &str,
+        spec: &str,
+        next_run_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let n = on_conn!(self, c => {
+            sqlx::query(
+                "INSERT INTO trigger_specs (workflow, spec, next_run_at, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (workflow) DO UPDATE SET spec = excluded.spec, next_run_at = excluded.next_run_at,
+                   updated_at = excluded.updated_at
+                 WHERE trigger_specs.spec <> excluded.spec",
+            )
+            .bind(workflow)
+            .bind(spec)
+            .bind(next_run_at)
+            .bind(now)
+            .execute(c)
+            .await?
+            .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Forgets time triggers of workflows that no longer exist (or no longer have one).
+    pub async fn retain_trigger_specs(&mut self, workflows: &[String]) -> Result<()> {
+        let stored: Vec<(String,)> = on_conn!(self, c => {
+            sqlx::query_as("SELECT workflow FROM trigger_specs").fetch_all(c).await?
+        });
+        for (name,) in stored.into_iter().filter(|(n,)| !workflows.contains(n)) {
+            on_conn!(self, c => {
+                sqlx::query("DELETE FROM trigger_specs WHERE workflow = $1").bind(&name).execute(&mut *c).await?;
+                sqlx::query("DELETE FROM trigger_times WHERE workflow = $1").bind(&name).execute(&mut *c).await?;
+            });
+        }
+        Ok(())
+    }
+
+    /// Advances a fixed-zone schedule from `from` to `to`; answers false if another node did.
+    pub async fn advance_schedule(
+        &mut self,
+        workflow: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<bool> {
+        let n = on_conn!(self, c => {
+            sqlx::query("UPDATE trigger_specs SET next_run_at = $3 WHERE workflow = $1 AND next_run_at = $2")
+                .bind(workflow)
+                .bind(from)
+                .bind(to)
+                .execute(c)
+                .await?
+                .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Contacts ordered by id after `cursor` (keyset paging), optionally only subscribed ones.
+    pub async fn contacts_after(
+        &mut self,
+        cursor: &str,
+        limit: i64,
+        subscribed_only: bool,
+    ) -> Result<Vec<Contact>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as::<_, Contact>(
+                "SELECT * FROM contacts WHERE id > $1 AND (subscribed = $3 OR $4) ORDER BY id LIMIT $2",
+            )
+            .bind(cursor)
+            .bind(limit)
+            .bind(true)
+            .bind(!subscribed_only)
+            .fetch_all(c)
+            .await?
+        }))
+    }
+}
+
+impl Store {
+    /// Per-contact trigger times due at `now`, earliest first.
+    pub async fn due_trigger_times(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<TriggerTime>> {
+        let mut tx = self.read().await?;
+        let rows = on_conn!(&mut tx, c => {
+            sqlx::query_as::<_, TriggerTime>(
+                "SELECT * FROM trigger_times WHERE fire_at <= $1 ORDER BY fire_at LIMIT $2",
+            )
+            .bind(now)
+            .bind(limit)
+            .fetch_all(c)
+            .await?
+        });
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    /// Fixed-zone schedules whose tick is due: (workflow, tick).
+    pub async fn due_schedules(&self, now: DateTime<Utc>) -> Result<Vec<(String, DateTime<Utc>)>> {
+        let mut tx = self.read().await?;
+        let rows = on_conn!(&mut tx, c => {
+            sqlx::query_as(
+                "SELECT workflow, next_run_at FROM trigger_specs WHERE next_run_at <= $1 ORDER BY next_run_at",
+            )
+            .bind(now)
+            .fetch_all(c)
+            .await?
+        });
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    /// The earliest time-trigger instant, for the scheduler's sleep.
+    pub async fn next_trigger_time(&self) -> Result<Option<DateTime<Utc>>> {
+        let mut tx = self.read().await?;
+        let (a, b): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = on_conn!(&mut tx, c => {
+            let a: (Option<DateTime<Utc>>,) = sqlx::query_as("SELECT MIN(fire_at) FROM trigger_times")
+                .fetch_one(&mut *c)
+                .await?;
+            let b: (Option<DateTime<Utc>>,) = sqlx::query_as("SELECT MIN(next_run_at) FROM trigger_specs")
+                .fetch_one(&mut *c)
+                .await?;
+            (a.0, b.0)
+        });
+        tx.commit().await?;
+        Ok(match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+}
