@@ -18,4 +18,5 @@ pub mod store;
 pub mod template;
 pub mod tracking;
 pub mod transport;
+pub mod webhook;
 pub mod workflow;
