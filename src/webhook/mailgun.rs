@@ -77,7 +77,10 @@ impl MailgunVerifier {
         }
         let replay_key = ReplayKey {
             key: format!("mailgun:{token}"),
-            expires_at: timestamp + self.tolerance,
+            // Checked: a configured tolerance of millions of years must not overflow.
+            expires_at: timestamp
+                .checked_add_signed(self.tolerance)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
         };
         let data = object_field(&body, "event-data").ok_or_else(|| {
             WebhookError::Malformed("no `event-data` object in the body".to_owned())

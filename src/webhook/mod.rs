@@ -446,6 +446,24 @@ mod tests {
         );
     }
 
+    /// The lead wires `handle` into axum, which needs a `Send` future and a shareable verifier.
+    #[test]
+    fn verifier_is_shareable_and_its_future_is_send() {
+        fn send_sync<T: Send + Sync>(_: &T) {}
+        fn send<T: Send>(_: T) {}
+        let verifier = Verifier::new(&WebhookSettings::default(), Path::new(".")).unwrap();
+        send_sync(&verifier);
+        let headers = HeaderMap::new();
+        send(verifier.handle(
+            Provider::Ses,
+            WebhookRequest {
+                headers: &headers,
+                body: b"",
+                now: DateTime::from_timestamp(0, 0).unwrap_or_default(),
+            },
+        ));
+    }
+
     #[tokio::test]
     async fn unconfigured_provider_is_not_configured() {
         let verifier = Verifier::new(&WebhookSettings::default(), Path::new(".")).unwrap();

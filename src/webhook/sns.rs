@@ -18,7 +18,8 @@
 //!
 //! Only then is the message acted on: a `SubscriptionConfirmation` is returned for the caller to
 //! confirm, an `UnsubscribeConfirmation` is ignored, and a `Notification`'s `Message` is decoded
-//! as an SES event.
+//! as an SES event. The subscription must not use SNS "raw message delivery", which strips the
+//! signed envelope: such requests cannot be authenticated and are refused.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -269,3 +269,27 @@ fn bad_settings_fail_at_startup() {
         assert!(Verifier::check(&settings).is_err(), "{key} {tolerance}");
     }
 }
+
+#[tokio::test]
+async fn an_enormous_tolerance_does_not_overflow() {
+    let v = mailgun("100000000w");
+    let body = mailgun_body(
+        KEY,
+        "1700000000",
+        "t",
+        &json_fixture("mailgun/delivered.json"),
+    );
+    let parsed = handle(
+        &v,
+        Provider::Mailgun,
+        &headers(&[]),
+        &body,
+        unix(1_700_000_000),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        parsed.replay_key.unwrap().expires_at,
+        chrono::DateTime::<chrono::Utc>::MAX_UTC
+    );
+}
