@@ -34,7 +34,8 @@ const MACHINE_MARKERS: &[&str] = &[
 ///
 /// Flags Apple Mail Privacy Protection, whose proxy prefetches images on delivery with the bare
 /// user agent `Mozilla/5.0` (no real browser sends only that), and agents carrying one of
-/// [`MACHINE_MARKERS`]. An empty user agent is unknown, not machine: some providers omit it.
+/// the markers of crawlers, mail-gateway link scanners, headless browsers and HTTP libraries. An
+/// empty user agent is unknown, not machine: some providers omit it.
 pub fn is_machine_user_agent(user_agent: &str) -> bool {
     let ua = user_agent.trim();
     if ua == "Mozilla/5.0" {
