@@ -22,6 +22,8 @@ pub struct Settings {
     pub tracking: TrackingSettings,
     pub transports: BTreeMap<String, TransportSettings>,
     pub workers: WorkerSettings,
+    #[serde(default)]
+    pub webhooks: WebhookSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +80,68 @@ pub struct TrackingSettings {
     /// HMAC key for tracking and unsubscribe tokens. When unset, a random key is generated
     /// once and kept in the database so links in mail already sent keep working.
     pub secret: Option<String>,
+}
+
+/// `[webhooks.<provider>]`: how each provider's delivery webhooks are authenticated. A provider
+/// without a section has no endpoint: `POST /webhooks/{provider}` answers 404.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    pub sendgrid: Option<SendgridWebhookSettings>,
+    pub postmark: Option<PostmarkWebhookSettings>,
+    pub mailgun: Option<MailgunWebhookSettings>,
+    pub ses: Option<SesWebhookSettings>,
+    pub resend: Option<ResendWebhookSettings>,
+}
+
+/// `[webhooks.sendgrid]`: the Signed Event Webhook's verification key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendgridWebhookSettings {
+    /// Base64 DER `SubjectPublicKeyInfo`, as SendGrid shows it (a PEM block is accepted too).
+    pub public_key: String,
+}
+
+/// `[webhooks.postmark]`: the HTTP Basic credentials set on the Postmark webhook.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostmarkWebhookSettings {
+    pub username: String,
+    pub password: String,
+}
+
+/// `[webhooks.mailgun]`: the HTTP webhook signing key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailgunWebhookSettings {
+    pub signing_key: String,
+    /// Largest accepted distance between the signed timestamp and now, e.g. "5m".
+    #[serde(default = "default_mailgun_tolerance")]
+    pub tolerance: String,
+}
+
+fn default_mailgun_tolerance() -> String {
+    "5m".to_owned()
+}
+
+/// `[webhooks.ses]`: SES events delivered by Amazon SNS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SesWebhookSettings {
+    /// Accepted SNS topic ARNs; at least one is required.
+    #[serde(default)]
+    pub topic_arns: Vec<String>,
+    /// PEM files with SNS signing certificates, used instead of fetching `SigningCertURL`.
+    /// Relative paths are relative to the project directory.
+    #[serde(default)]
+    pub certificates: Vec<PathBuf>,
+}
+
+/// `[webhooks.resend]`: the endpoint's signing secret (`whsec_…`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResendWebhookSettings {
+    pub secret: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -185,6 +249,8 @@ impl Settings {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("server.api_keys")
+                .with_list_parse_key("webhooks.ses.topic_arns")
+                .with_list_parse_key("webhooks.ses.certificates")
                 .try_parsing(true)
                 .source(Some(overrides)),
         );
@@ -240,6 +306,7 @@ impl Settings {
         if self.workers.concurrency == 0 {
             return Err("workers.concurrency: must be at least 1".to_owned());
         }
+        crate::webhook::Verifier::check(&self.webhooks).map_err(|e| e.to_string())?;
         Ok(())
     }
 

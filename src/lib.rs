@@ -19,4 +19,5 @@ pub mod store;
 pub mod template;
 pub mod tracking;
 pub mod transport;
+pub mod webhook;
 pub mod workflow;
