@@ -22,6 +22,7 @@ pub struct Settings {
     pub tracking: TrackingSettings,
     pub transports: BTreeMap<String, TransportSettings>,
     pub workers: WorkerSettings,
+    pub suppression: SuppressionSettings,
     #[serde(default)]
     pub webhooks: WebhookSettings,
 }
@@ -56,6 +57,8 @@ pub struct SendingSettings {
     pub timezone: String,
     pub quiet_hours: Option<QuietHours>,
     pub frequency_cap: Option<FrequencyCap>,
+    /// Also offer `mailto:` in `List-Unsubscribe` (RFC 2369), for clients without one-click.
+    pub unsubscribe_mailto: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,12 +77,32 @@ pub struct FrequencyCap {
     pub outcome: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct TrackingSettings {
     /// HMAC key for tracking and unsubscribe tokens. When unset, a random key is generated
     /// once and kept in the database so links in mail already sent keep working.
     pub secret: Option<String>,
+    /// Open pixel and click redirects in marketing mail (workflows can turn it off).
+    pub enabled: bool,
+}
+
+impl Default for TrackingSettings {
+    fn default() -> Self {
+        TrackingSettings {
+            secret: None,
+            enabled: true,
+        }
+    }
+}
+
+/// `[suppression]`: when soft bounces stop further mail to an address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuppressionSettings {
+    /// Soft bounces within `soft_bounce_window` that suppress the address.
+    pub soft_bounce_limit: u32,
+    pub soft_bounce_window: String,
 }
 
 /// `[webhooks.<provider>]`: how each provider's delivery webhooks are authenticated. A provider
@@ -203,6 +226,10 @@ timezone = "UTC"
 kind = "outbox"
 dir = "outbox"
 
+[suppression]
+soft_bounce_limit = 3
+soft_bounce_window = "30d"
+
 [workers]
 concurrency = 32
 lease = "60s"
@@ -303,6 +330,13 @@ impl Settings {
             }
         }
         self.policy()?;
+        crate::workflow::model::Duration::parse_setting(
+            "suppression.soft_bounce_window",
+            &self.suppression.soft_bounce_window,
+        )?;
+        if self.suppression.soft_bounce_limit == 0 {
+            return Err("suppression.soft_bounce_limit: must be at least 1".to_owned());
+        }
         if self.workers.concurrency == 0 {
             return Err("workers.concurrency: must be at least 1".to_owned());
         }

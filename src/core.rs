@@ -40,6 +40,7 @@ pub struct Core {
     pub templates: TemplateRegistry,
     pub transports: HashMap<String, Arc<Transport>>,
     pub tokens: Tokens,
+    pub verifier: crate::webhook::Verifier,
     /// Identifies this process in job leases.
     pub worker_id: String,
     pub lease: TimeDelta,
@@ -78,6 +79,8 @@ impl Core {
         let lease = duration("workers.lease", &settings.workers.lease)?;
         let poll = duration("workers.poll_interval", &settings.workers.poll_interval)?;
         let policy = settings.policy().map_err(BuildError::Setting)?;
+        let verifier = crate::webhook::Verifier::new(&settings.webhooks, dir)
+            .map_err(|e| BuildError::Setting(e.to_string()))?;
         Ok(Core {
             policy,
             max_attempts: i64::from(settings.workers.max_attempts.max(1)),
@@ -88,6 +91,7 @@ impl Core {
             templates: project.templates,
             transports,
             tokens,
+            verifier,
             worker_id: format!("{}-{}", hostname_hint(), uuid::Uuid::now_v7()),
             lease,
             poll,

@@ -7,7 +7,9 @@ use serde_json::{Map, Value};
 use sqlx::types::Json;
 
 use crate::core::Core;
-use crate::store::{Contact, Event, MessageEvent, StoreError, Tx};
+use crate::feedback::{Report, record};
+use crate::store::{Contact, Event, StoreError, Tx};
+use crate::webhook::DeliveryKind;
 use crate::workflow::trigger::{Effects, on_event};
 
 /// Longest accepted id (contacts, events).
@@ -213,7 +215,7 @@ impl Core {
                 });
                 continue;
             }
-            record_engagement(&mut tx, &event).await?;
+            record_engagement(&mut tx, self, &event).await?;
             let effects = on_event(
                 &mut tx,
                 &self.workflows,
@@ -239,38 +241,49 @@ impl Core {
 }
 
 /// Engagement reported as behavioral events (`email_opened`, `email_clicked` with a
-/// `message_id` property, e.g. from an external click tracker) is also recorded against the
-/// message, where `opened`/`clicked` branches look for it.
-async fn record_engagement(tx: &mut Tx, event: &Event) -> Result<(), StoreError> {
+/// `message_id` property, e.g. from an external click tracker) also goes into the delivery
+/// ledger, where `opened`/`clicked` branches look for it. `"machine": true` marks a proxy or
+/// scanner rather than a person.
+async fn record_engagement(tx: &mut Tx, core: &Core, event: &Event) -> Result<(), StoreError> {
+    let props = &event.properties.0;
+    let machine = props
+        .get("machine")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let kind = match event.name.as_str() {
-        "email_opened" => "opened",
-        "email_clicked" => "clicked",
+        "email_opened" => DeliveryKind::Opened { machine },
+        "email_clicked" => DeliveryKind::Clicked {
+            url: props
+                .get("url")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            machine,
+        },
         _ => return Ok(()),
     };
-    let Some(message_id) = event.properties.0.get("message_id").and_then(Value::as_str) else {
+    let Some(message_id) = props.get("message_id").and_then(Value::as_str) else {
         return Ok(());
     };
-    match tx.get_message(message_id).await? {
-        Some(m) if m.contact_id == event.contact_id => {
-            let machine = event
-                .properties
-                .0
-                .get("machine")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            tx.insert_message_event(&MessageEvent {
-                id: event.id.clone(),
-                message_id: m.id,
-                kind: kind.to_owned(),
-                detail: event.properties.clone(),
-                machine,
-                occurred_at: event.occurred_at,
-            })
-            .await?;
-            Ok(())
-        }
-        _ => Ok(()),
+    // Only the contact's own messages: an event cannot mark someone else's mail as clicked.
+    if tx
+        .get_message(message_id)
+        .await?
+        .is_none_or(|m| m.contact_id != event.contact_id)
+    {
+        return Ok(());
     }
+    let report = Report {
+        source: "api".to_owned(),
+        source_event_id: event.id.clone(),
+        herald_message_id: Some(message_id.to_owned()),
+        provider_message_id: None,
+        recipient: None,
+        occurred_at: event.occurred_at,
+        kind,
+    };
+    record(tx, core, &report, event.received_at).await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod core;
 pub mod diagnostic;
+pub mod feedback;
 pub mod ingest;
 pub mod message;
 pub mod policy;

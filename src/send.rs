@@ -160,11 +160,29 @@ pub async fn deliver(
         tracing::warn!(message = %message.id, template = %spec.template, "template rendered with missing variables");
     }
     let mut headers = vec![("X-Herald-Workflow".to_owned(), journey.workflow.clone())];
+    let mut html = rendered.html;
     if category == Category::Marketing {
-        headers.push((
-            "List-Unsubscribe".to_owned(),
-            format!("<{unsubscribe_url}>"),
-        ));
+        let tracked = wf
+            .and_then(|w| w.def.tracking)
+            .unwrap_or(core.settings.tracking.enabled);
+        if tracked {
+            let base = core.settings.server.public_url.trim_end_matches('/');
+            html = crate::tracking::links::instrument(
+                &html,
+                &core.tokens,
+                base,
+                &message.id,
+                &[&unsubscribe_url],
+            );
+        }
+        let list_unsubscribe = match &core.settings.sending.unsubscribe_mailto {
+            Some(mailbox) => format!(
+                "<{unsubscribe_url}>, <mailto:{mailbox}?subject=unsubscribe%20{}>",
+                message.id
+            ),
+            None => format!("<{unsubscribe_url}>"),
+        };
+        headers.push(("List-Unsubscribe".to_owned(), list_unsubscribe));
         headers.push((
             "List-Unsubscribe-Post".to_owned(),
             "List-Unsubscribe=One-Click".to_owned(),
@@ -178,7 +196,7 @@ pub async fn deliver(
             .unwrap_or_else(|| core.settings.sending.from.clone()),
         to: contact.email.clone(),
         subject: rendered.subject.clone(),
-        html: rendered.html,
+        html,
         text: rendered.text,
         headers,
         date: now,

@@ -4,6 +4,9 @@
 mod contacts;
 mod error;
 mod events;
+mod messages;
+mod suppressions;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -29,6 +32,15 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/events", post(events::ingest_one))
         .route("/events/batch", post(events::ingest_batch))
         .route("/jobs", get(events::jobs))
+        .route("/messages/{id}", get(messages::show))
+        .route(
+            "/suppressions",
+            get(suppressions::list).post(suppressions::add),
+        )
+        .route(
+            "/suppressions/{email}",
+            axum::routing::delete(suppressions::remove),
+        )
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&core),
             require_api_key,
@@ -36,7 +48,9 @@ pub fn router(core: Arc<Core>) -> Router {
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
+        .route("/webhooks/{provider}", post(webhooks::receive))
         .merge(crate::tracking::unsubscribe::routes())
+        .merge(crate::tracking::hits::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {

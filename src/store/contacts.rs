@@ -76,6 +76,39 @@ impl Tx {
         }))
     }
 
+    /// Removes a suppression; answers whether there was one.
+    pub async fn unsuppress(&mut self, email: &str) -> Result<bool> {
+        let n = on_conn!(self, c => {
+            sqlx::query("DELETE FROM suppressions WHERE email = $1")
+                .bind(email.to_lowercase())
+                .execute(c)
+                .await?
+                .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    pub async fn suppressions(&mut self, after: &str, limit: i64) -> Result<Vec<Suppression>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as::<_, Suppression>("SELECT * FROM suppressions WHERE email > $1 ORDER BY email LIMIT $2")
+                .bind(after)
+                .bind(limit)
+                .fetch_all(c)
+                .await?
+        }))
+    }
+
+    /// Contacts with this address (case-insensitive domain; addresses are stored with a
+    /// lowercased domain).
+    pub async fn contacts_by_email(&mut self, email: &str) -> Result<Vec<Contact>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as::<_, Contact>("SELECT * FROM contacts WHERE lower(email) = lower($1)")
+                .bind(email)
+                .fetch_all(c)
+                .await?
+        }))
+    }
+
     pub async fn suppress(
         &mut self,
         email: &str,

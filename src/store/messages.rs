@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Message, MessageEvent, Result, Tx, on_conn};
+use super::{DeliveryRow, Message, Result, Tx, on_conn};
 
 impl Tx {
     /// Inserts the message unless its (journey, step, iteration) exists; returns the stored row.
@@ -140,18 +140,28 @@ impl Tx {
         }))
     }
 
-    pub async fn insert_message_event(&mut self, e: &MessageEvent) -> Result<bool> {
+    /// Adds a ledger entry unless (provider, provider_event_id) is already there; answers
+    /// whether it was new, so a retried webhook changes nothing.
+    pub async fn insert_delivery(&mut self, e: &DeliveryRow) -> Result<bool> {
         let done = on_conn!(self, c => {
             sqlx::query(
-                "INSERT INTO message_events (id, message_id, kind, detail, machine, occurred_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO delivery_events (id, provider, provider_event_id, message_id, provider_message_id,
+                   recipient, kind, severity, detail, machine, occurred_at, received_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                 ON CONFLICT (provider, provider_event_id) DO NOTHING",
             )
             .bind(&e.id)
+            .bind(&e.provider)
+            .bind(&e.provider_event_id)
             .bind(&e.message_id)
+            .bind(&e.provider_message_id)
+            .bind(&e.recipient)
             .bind(&e.kind)
+            .bind(&e.severity)
             .bind(&e.detail)
             .bind(e.machine)
             .bind(e.occurred_at)
+            .bind(e.received_at)
             .execute(c)
             .await?
             .rows_affected()
@@ -163,7 +173,7 @@ impl Tx {
     pub async fn message_has_event(&mut self, message_id: &str, kind: &str) -> Result<bool> {
         let n: (i64,) = on_conn!(self, c => {
             sqlx::query_as(
-                "SELECT COUNT(*) FROM message_events WHERE message_id = $1 AND kind = $2 AND machine = $3",
+                "SELECT COUNT(*) FROM delivery_events WHERE message_id = $1 AND kind = $2 AND machine = $3",
             )
             .bind(message_id)
             .bind(kind)
@@ -172,6 +182,85 @@ impl Tx {
             .await?
         });
         Ok(n.0 > 0)
+    }
+
+    /// The message a provider knows by `provider_message_id`.
+    pub async fn message_by_provider_id(
+        &mut self,
+        provider_message_id: &str,
+    ) -> Result<Option<Message>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as::<_, Message>("SELECT * FROM messages WHERE provider_message_id = $1 LIMIT 1")
+                .bind(provider_message_id)
+                .fetch_optional(c)
+                .await?
+        }))
+    }
+
+    /// Soft bounces of `recipient` since `since`.
+    pub async fn soft_bounces_since(
+        &mut self,
+        recipient: &str,
+        since: DateTime<Utc>,
+    ) -> Result<i64> {
+        let n: (i64,) = on_conn!(self, c => {
+            sqlx::query_as(
+                "SELECT COUNT(*) FROM delivery_events
+                 WHERE recipient = $1 AND kind = 'bounced' AND severity = 'soft' AND occurred_at >= $2",
+            )
+            .bind(recipient)
+            .bind(since)
+            .fetch_one(c)
+            .await?
+        });
+        Ok(n.0)
+    }
+
+    /// Clicks on a message since `since` (link scanners click every link at once).
+    pub async fn clicks_since(&mut self, message_id: &str, since: DateTime<Utc>) -> Result<i64> {
+        let n: (i64,) = on_conn!(self, c => {
+            sqlx::query_as(
+                "SELECT COUNT(*) FROM delivery_events
+                 WHERE message_id = $1 AND kind = 'clicked' AND occurred_at >= $2",
+            )
+            .bind(message_id)
+            .bind(since)
+            .fetch_one(c)
+            .await?
+        });
+        Ok(n.0)
+    }
+
+    /// The delivery ledger of a message, oldest first.
+    pub async fn message_deliveries(&mut self, message_id: &str) -> Result<Vec<DeliveryRow>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as::<_, DeliveryRow>(
+                "SELECT * FROM delivery_events WHERE message_id = $1 ORDER BY occurred_at",
+            )
+            .bind(message_id)
+            .fetch_all(c)
+            .await?
+        }))
+    }
+
+    /// Records a one-time webhook token; answers false if it was seen before (a replay).
+    /// Forgets expired tokens on the way.
+    pub async fn remember_replay_key(
+        &mut self,
+        key: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let n = on_conn!(self, c => {
+            sqlx::query("DELETE FROM webhook_replays WHERE expires_at < $1").bind(now).execute(&mut *c).await?;
+            sqlx::query("INSERT INTO webhook_replays (key, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(key)
+                .bind(expires_at)
+                .execute(&mut *c)
+                .await?
+                .rows_affected()
+        });
+        Ok(n == 1)
     }
 
     /// When the contact's marketing mail after `since` went out (or was handed over).

@@ -114,14 +114,23 @@ pub struct Message {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
+/// One delivery-ledger entry: a provider webhook event, an own tracking hit, or engagement
+/// posted as an event. `message_id` is `None` for orphans no message could be matched to.
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
-pub struct MessageEvent {
+pub struct DeliveryRow {
     pub id: String,
-    pub message_id: String,
+    pub provider: String,
+    pub provider_event_id: String,
+    pub message_id: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub recipient: Option<String>,
     pub kind: String,
+    /// Bounces: `hard` or `soft`.
+    pub severity: Option<String>,
     pub detail: Json<Value>,
     pub machine: bool,
     pub occurred_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]

@@ -2,6 +2,8 @@
 //! the endpoints that receive them. A token carries its payload in the clear plus an HMAC, so it
 //! cannot be forged or altered, and needs no database lookup to verify.
 
+pub mod hits;
+pub mod links;
 pub mod unsubscribe;
 
 use base64::Engine;

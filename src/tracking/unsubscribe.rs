@@ -7,11 +7,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use serde_json::json;
-use sqlx::types::Json;
 
 use crate::api::AppState;
-use crate::store::MessageEvent;
+use crate::feedback::{Report, emit_behavior, record};
+use crate::webhook::DeliveryKind;
 
 /// Token purpose for unsubscribe links.
 pub const PURPOSE: &str = "unsubscribe";
@@ -60,29 +59,23 @@ async fn unsubscribe(State(core): State<AppState>, Path(token): Path<String>) ->
     let now = core.clock.now();
     let result: crate::store::Result<bool> = async {
         let mut tx = core.store.write().await?;
-        let Some(mut contact) = tx.get_contact(contact_id).await? else {
+        let Some(contact) = tx.get_contact(contact_id).await? else {
             tx.rollback().await?;
             return Ok(false);
         };
-        contact.subscribed = false;
-        contact.updated_at = now;
-        tx.put_contact(&contact).await?;
-        tx.suppress(
-            &contact.email,
-            "unsubscribed",
-            Some("one-click unsubscribe link"),
-            now,
-        )
-        .await?;
-        tx.insert_message_event(&MessageEvent {
-            id: format!("{message_id}:unsubscribed"),
-            message_id: message_id.to_owned(),
-            kind: "unsubscribed".to_owned(),
-            detail: Json(json!({ "source": "link" })),
-            machine: false,
+        let report = Report {
+            source: "herald".to_owned(),
+            // One unsubscribe per message link: clicking twice changes nothing.
+            source_event_id: format!("unsubscribe:{message_id}"),
+            herald_message_id: Some(message_id.to_owned()),
+            provider_message_id: None,
+            recipient: Some(contact.email.clone()),
             occurred_at: now,
-        })
-        .await?;
+            kind: DeliveryKind::Unsubscribed,
+        };
+        if let Some(recorded) = record(&mut tx, &core, &report, now).await? {
+            emit_behavior(&mut tx, &core, &recorded, now).await?;
+        }
         tx.commit().await?;
         Ok(true)
     }

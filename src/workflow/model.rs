@@ -25,6 +25,8 @@ pub struct Workflow {
     pub goal: Option<Goal>,
     /// Overrides of the `[sending]` etiquette for this workflow's marketing mail.
     pub policy: PolicyOverrides,
+    /// Own open/click tracking for this workflow's marketing mail (`None`: `[tracking] enabled`).
+    pub tracking: Option<bool>,
     pub steps: Vec<Step>,
     /// File the workflow was loaded from, for error messages.
     pub source: PathBuf,

@@ -405,6 +405,7 @@ const WORKFLOW_KEYS: &[&str] = &[
     "goal",
     "quiet_hours",
     "frequency_cap",
+    "tracking",
     "steps",
 ];
 const TRIGGER_KINDS: &[&str] = &["event", "segment", "date", "schedule"];
@@ -751,6 +752,19 @@ impl<'a> Reader<'a> {
                 .and_then(|n| self.overridden(n, "`frequency_cap`", Self::frequency_cap))
                 .unwrap_or_default(),
         };
+        let tracking = f.get("tracking").and_then(|n| match &n.value {
+            Node::Bool(b) => Some(*b),
+            other => {
+                self.error(
+                    n.referenced,
+                    format!(
+                        "`tracking` must be `true` or `false`, found {}",
+                        describe(other)
+                    ),
+                );
+                None
+            }
+        });
         let steps = self.required(&f, "steps", "the workflow").and_then(|node| {
             if matches!(&node.value, Node::Seq(items) if items.is_empty()) {
                 self.error(node.referenced, "`steps` must not be empty");
@@ -767,6 +781,7 @@ impl<'a> Reader<'a> {
             exit_on,
             goal,
             policy,
+            tracking,
             steps: steps?,
             source: self.file.to_path_buf(),
         };
@@ -1753,6 +1768,7 @@ steps:
                 value: Some("total".to_owned()),
             }),
             policy: PolicyOverrides::default(),
+            tracking: None,
             steps: vec![
                 Step {
                     id: None,
@@ -2844,7 +2860,7 @@ steps:
                 "x: &bad { wait: 1 hour }\ntrigger: { event: x }\nsteps: [ *bad ]\n"
             ),
             vec![
-                "w.yaml:1:1: unknown field `x`, expected one of `name`, `description`, `category`, `trigger`, `conditions`, `reentry`, `exit_on`, `goal`, `quiet_hours`, `frequency_cap`, `steps`",
+                "w.yaml:1:1: unknown field `x`, expected one of `name`, `description`, `category`, `trigger`, `conditions`, `reentry`, `exit_on`, `goal`, `quiet_hours`, `frequency_cap`, `tracking`, `steps`",
                 "w.yaml:3:10: invalid duration `1 hour`: expected a whole number and a unit (s, m, h, d or w) with no space between them, e.g. `30s`, `15m`, `1h`, `2d`, `1w`",
             ]
         );

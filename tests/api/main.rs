@@ -5,6 +5,7 @@ mod helpers;
 
 mod api;
 mod durability;
+mod feedback;
 mod journeys;
 mod timing;
 mod validation;
