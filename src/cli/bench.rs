@@ -32,6 +32,9 @@ enum What {
     /// N contacts each post one event that triggers one immediate send, end to end through the
     /// HTTP API, the engine and the database into an SMTP sink on loopback.
     Send(SendArgs),
+    /// N contacts with birthdays over the year: the cost of scheduling them all, and of one
+    /// day's firing on a manual clock.
+    Dates(super::bench_dates::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -81,6 +84,7 @@ const POLL: Duration = Duration::from_millis(20);
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.what {
         What::Send(a) => send(a).await,
+        What::Dates(a) => super::bench_dates::run(a).await,
     }
 }
 
