@@ -35,6 +35,7 @@ enum What {
     /// N contacts with birthdays over the year: the cost of scheduling them all, and of one
     /// day's firing on a manual clock.
     Dates(super::bench_dates::Args),
+    Webhooks(super::bench_feedback::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -85,6 +86,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.what {
         What::Send(a) => send(a).await,
         What::Dates(a) => super::bench_dates::run(a).await,
+        What::Webhooks(a) => super::bench_feedback::run(a).await,
     }
 }
 

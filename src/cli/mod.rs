@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_dates;
+mod bench_feedback;
 mod cron;
 mod migrate;
 mod preview;

@@ -86,54 +86,25 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
         let mv = match &node.step.kind {
             StepKind::Wait(wait) => {
                 let until = wait_until(core, &mut tx, &journey, wait, due.min(now)).await?;
-                let Some(next) = node.next.clone() else {
-                    end(
-                        &mut tx,
-                        core,
-                        job,
-                        &journey,
-                        journey_status::COMPLETED,
-                        "completed",
-                        now,
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    return Ok(Outcome::Done);
-                };
-                tx.advance_journey(&journey.id, &next, None, now).await?;
-                tx.requeue_job(&job.id, &core.worker_id, until, true, None, now)
-                    .await?;
-                tx.commit().await?;
-                core.wake_scheduler();
-                return Ok(Outcome::Waiting(until));
+                return park(tx, core, job, &journey, node.next.clone(), None, until, now).await;
             }
             StepKind::WaitFor { event, timeout } => {
                 // Wait until the event arrives (trigger::on_event wakes the job) or the timeout.
                 let until = due.min(now) + timeout.0;
-                let Some(next) = node.next.clone() else {
-                    end(
-                        &mut tx,
-                        core,
-                        job,
-                        &journey,
-                        journey_status::COMPLETED,
-                        "completed",
-                        now,
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    return Ok(Outcome::Done);
-                };
                 let mut context = journey.context.0.clone();
                 context["waiting"] =
                     serde_json::json!({ "step": node.key, "event": event, "until": until });
-                tx.advance_journey(&journey.id, &next, Some(&context), now)
-                    .await?;
-                tx.requeue_job(&job.id, &core.worker_id, until, true, None, now)
-                    .await?;
-                tx.commit().await?;
-                core.wake_scheduler();
-                return Ok(Outcome::Waiting(until));
+                return park(
+                    tx,
+                    core,
+                    job,
+                    &journey,
+                    node.next.clone(),
+                    Some(&context),
+                    until,
+                    now,
+                )
+                .await;
             }
             StepKind::Branch { condition, .. } => {
                 let holds = branch_holds(core, &mut tx, &journey, condition, now).await?;
@@ -224,6 +195,41 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
             return Ok(outcome);
         }
     }
+}
+
+/// Moves the journey to `next` and parks its job until `until` (a wait); completes the journey
+/// when nothing follows, since waiting to end changes nothing.
+#[allow(clippy::too_many_arguments)]
+async fn park(
+    mut tx: Tx,
+    core: &Core,
+    job: &Job,
+    journey: &Journey,
+    next: Option<String>,
+    context: Option<&Value>,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Outcome> {
+    let Some(next) = next else {
+        end(
+            &mut tx,
+            core,
+            job,
+            journey,
+            journey_status::COMPLETED,
+            "completed",
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(Outcome::Done);
+    };
+    tx.advance_journey(&journey.id, &next, context, now).await?;
+    tx.requeue_job(&job.id, &core.worker_id, until, true, None, now)
+        .await?;
+    tx.commit().await?;
+    core.wake_scheduler();
+    Ok(Outcome::Waiting(until))
 }
 
 /// The journey's current step, or why it cannot run.
