@@ -3,6 +3,10 @@
 //! (journey, step), so a retried step reuses it; a row found in `sending` means an earlier
 //! process died after handing the message over, and it becomes `unknown` instead of being sent
 //! again. No transaction is held across the transport call.
+//!
+//! The transport is the step's own `transport`, else the one configured for the workflow's
+//! category (`[sending.categories]`), else `sending.transport`; the router may hand the message
+//! to a fallback of that transport, and the message row records the one that took it.
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -26,6 +30,9 @@ pub enum Delivery {
         error: String,
         retry_after: Option<std::time::Duration>,
     },
+    /// Every transport that could carry the message has used up its quota: run the step again
+    /// at `until`, without counting an attempt.
+    Defer { error: String, until: DateTime<Utc> },
 }
 
 pub async fn deliver(
@@ -40,7 +47,7 @@ pub async fn deliver(
     let transport_name = spec
         .transport
         .clone()
-        .unwrap_or_else(|| core.settings.sending.transport.clone());
+        .unwrap_or_else(|| core.settings.category_transport(category).to_owned());
     let mut tx = core.store.write().await?;
     let contact = tx.get_contact(&journey.contact_id).await?;
     let row = Message {
@@ -171,10 +178,10 @@ pub async fn deliver(
             .await;
         }
     };
-    let Some(transport) = core.transports.get(&transport_name) else {
+    if !core.transports.contains(&transport_name) {
         let detail = format!("no transport named `{transport_name}`");
         return resolve(tx, &message, ms::FAILED, &detail, now).await;
-    };
+    }
     let handed_over = tx
         .transition_message(
             &message.id,
@@ -192,21 +199,21 @@ pub async fn deliver(
         return Ok(Delivery::Resolved);
     }
 
-    let result = transport.send(&built).await;
+    let result = core.transports.send(&transport_name, &built).await;
 
     let now = core.clock.now();
     let mut tx = core.store.write().await?;
     let delivery = match result {
-        Ok(receipt) => {
-            let provider_id = receipt.provider_message_id.as_deref();
+        Ok(sent) => {
+            let provider_id = sent.receipt.provider_message_id.as_deref();
             tx.transition_message(
                 &message.id,
                 ms::SENDING,
                 ms::SENT,
-                Some(&receipt.response),
+                Some(&sent.receipt.response),
                 provider_id,
                 None,
-                None,
+                Some(&sent.transport),
                 now,
             )
             .await?;
@@ -226,6 +233,24 @@ pub async fn deliver(
             )
             .await?;
             Delivery::Resolved
+        }
+        Err(e) if e.deferred_until.is_some() => {
+            let detail = e.to_string();
+            tx.transition_message(
+                &message.id,
+                ms::SENDING,
+                ms::PENDING,
+                Some(&detail),
+                None,
+                None,
+                None,
+                now,
+            )
+            .await?;
+            Delivery::Defer {
+                until: e.deferred_until.unwrap_or(now),
+                error: detail,
+            }
         }
         Err(e) if e.is_transient() => {
             let detail = e.to_string();

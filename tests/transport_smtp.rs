@@ -22,6 +22,7 @@ fn smtp_with(url: String, pool: usize, timeout: Duration) -> Transport {
         pool,
         timeout,
         hello_name: Some("herald.test".to_owned()),
+        dkim: None,
     };
     Transport::Smtp(Smtp::new("relay".to_owned(), config).unwrap())
 }
