@@ -173,9 +173,23 @@ impl Router {
             let name = endpoint.transport.name();
             let attempt = match endpoint.breaker.admit(self.clock.now()) {
                 Admission::Go(attempt) => attempt,
+                Admission::Skip(Some((until, Reason::Quota))) => {
+                    tracing::debug!(transport = name, %until, "quota used up; skipping transport");
+                    let earlier = deferred
+                        .as_ref()
+                        .and_then(|d| d.deferred_until)
+                        .is_none_or(|d| until < d);
+                    if earlier {
+                        deferred = Some(SendError::deferred(
+                            format!("{name}: sending quota used up until {until}"),
+                            until,
+                        ));
+                    }
+                    continue;
+                }
                 Admission::Skip(until) => {
                     tracing::debug!(transport = name, "circuit open; skipping transport");
-                    if let Some(until) = until {
+                    if let Some((until, _)) = until {
                         reopens = Some(reopens.map_or(until, |r| r.min(until)));
                     }
                     continue;
@@ -292,7 +306,10 @@ enum State {
     /// Sends go through; this many transient failures in a row so far.
     Closed { failures: u32 },
     /// Sends skip the transport until `until`.
-    Open { until: DateTime<Utc> },
+    Open {
+        until: DateTime<Utc>,
+        reason: Reason,
+    },
     /// One probe is in flight; other sends skip the transport.
     HalfOpen,
 }
@@ -303,12 +320,22 @@ impl Default for State {
     }
 }
 
+/// Why a circuit is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    /// Consecutive transient failures.
+    Failures,
+    /// The provider's quota is used up until the circuit half-opens.
+    Quota,
+}
+
 /// What a send may do with a transport.
 enum Admission {
     /// Go ahead, as a normal send or as the half-open probe.
     Go(Attempt),
-    /// Skip it; the circuit half-opens at this instant (`None`: a probe is in flight).
-    Skip(Option<DateTime<Utc>>),
+    /// Skip it; the circuit half-opens at this instant, and why it is open (`None`: a probe is
+    /// in flight).
+    Skip(Option<(DateTime<Utc>, Reason)>),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -326,11 +353,11 @@ impl Breaker {
         let mut state = self.lock();
         match *state {
             State::Closed { .. } => Admission::Go(Attempt::Normal),
-            State::Open { until } if now >= until => {
+            State::Open { until, .. } if now >= until => {
                 *state = State::HalfOpen;
                 Admission::Go(Attempt::Probe)
             }
-            State::Open { until } => Admission::Skip(Some(until)),
+            State::Open { until, reason } => Admission::Skip(Some((until, reason))),
             State::HalfOpen => Admission::Skip(None),
         }
     }
@@ -339,10 +366,14 @@ impl Breaker {
         let mut state = self.lock();
         *state = match (outcome, *state) {
             (Outcome::Success, _) => State::Closed { failures: 0 },
-            (Outcome::OpenUntil(until), _) => State::Open { until },
+            (Outcome::OpenUntil(until), _) => State::Open {
+                until,
+                reason: Reason::Quota,
+            },
             // A probe failed: stay away for another cooldown.
             (Outcome::Failure, _) if attempt == Attempt::Probe => State::Open {
                 until: now + COOLDOWN,
+                reason: Reason::Failures,
             },
             (Outcome::Failure, State::Closed { failures }) => {
                 let failures = failures + 1;
@@ -350,6 +381,7 @@ impl Breaker {
                     tracing::warn!(failures, "transport circuit opened");
                     State::Open {
                         until: now + COOLDOWN,
+                        reason: Reason::Failures,
                     }
                 } else {
                     State::Closed { failures }
@@ -435,14 +467,20 @@ mod tests {
             let attempt = go(&breaker, t(1));
             breaker.settle(attempt, Outcome::Failure, t(1));
         }
-        assert!(matches!(breaker.admit(t(2)), Admission::Skip(Some(until)) if until == t(31)));
+        assert!(matches!(
+            breaker.admit(t(2)),
+            Admission::Skip(Some((until, Reason::Failures))) if until == t(31)
+        ));
 
         // Cooldown over: exactly one probe goes through.
         assert!(go(&breaker, t(31)) == Attempt::Probe);
         assert!(matches!(breaker.admit(t(31)), Admission::Skip(None)));
         // The probe fails: open for another cooldown.
         breaker.settle(Attempt::Probe, Outcome::Failure, t(32));
-        assert!(matches!(breaker.admit(t(40)), Admission::Skip(Some(until)) if until == t(62)));
+        assert!(matches!(
+            breaker.admit(t(40)),
+            Admission::Skip(Some((until, Reason::Failures))) if until == t(62)
+        ));
         // The next probe succeeds: closed again.
         assert!(go(&breaker, t(62)) == Attempt::Probe);
         breaker.settle(Attempt::Probe, Outcome::Success, t(63));
@@ -454,7 +492,10 @@ mod tests {
         let breaker = Breaker::default();
         let attempt = go(&breaker, t(0));
         breaker.settle(attempt, Outcome::OpenUntil(t(3600)), t(0));
-        assert!(matches!(breaker.admit(t(10)), Admission::Skip(Some(until)) if until == t(3600)));
+        assert!(matches!(
+            breaker.admit(t(10)),
+            Admission::Skip(Some((until, Reason::Quota))) if until == t(3600)
+        ));
         assert!(go(&breaker, t(3600)) == Attempt::Probe);
     }
 
@@ -470,7 +511,10 @@ mod tests {
             attempt,
             settled: false,
         });
-        assert!(matches!(breaker.admit(t(1)), Admission::Skip(Some(until)) if until == t(30)));
+        assert!(matches!(
+            breaker.admit(t(1)),
+            Admission::Skip(Some((until, Reason::Failures))) if until == t(30)
+        ));
     }
 
     #[test]
