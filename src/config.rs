@@ -611,3 +611,212 @@ impl Settings {
         self.sending.timezone.parse().unwrap_or(chrono_tz::UTC)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Settings, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        std::fs::write(dir.path().join("herald.toml"), toml).map_err(|e| e.to_string())?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::load_with_env(dir.path(), None, &env).map_err(|e| e.to_string())
+    }
+
+    const PROVIDERS: &str = r#"
+[sending]
+transport = "postmark"
+categories = { marketing = "ses", transactional = "postmark" }
+
+[transports.postmark]
+kind = "postmark"
+token = "pm-secret"
+message_stream = "outbound"
+rate = 10
+concurrency = 4
+fallback = ["sendgrid", "smtp"]
+
+[transports.sendgrid]
+kind = "sendgrid"
+api_key = "sg-secret"
+rate = 0.5
+
+[transports.mailgun]
+kind = "mailgun"
+api_key = "mg-secret"
+domain = "mg.shop.example"
+base_url = "https://api.eu.mailgun.net"
+
+[transports.ses]
+kind = "ses"
+region = "eu-west-1"
+access_key_id = "AKID"
+secret_access_key = "ses-secret"
+timeout = "10s"
+
+[transports.resend]
+kind = "resend"
+api_key = "re-secret"
+
+[transports.smtp]
+kind = "smtp"
+url = "smtp://127.0.0.1:2525"
+
+[dkim]
+domain = "shop.example"
+selector = "herald"
+private_key_file = "dkim.pem"
+"#;
+
+    #[test]
+    fn every_provider_kind_and_the_shared_keys_load() {
+        let settings = load(PROVIDERS, &[]).unwrap();
+        let postmark = &settings.transports["postmark"];
+        assert_eq!(postmark.kind.name(), "postmark");
+        assert_eq!(postmark.rate, Some(10.0));
+        assert_eq!(postmark.concurrency, Some(4));
+        assert_eq!(postmark.fallback, ["sendgrid", "smtp"]);
+        assert_eq!(settings.transports["sendgrid"].rate, Some(0.5));
+        assert_eq!(
+            settings.transports["mailgun"].kind.base_url(),
+            Some("https://api.eu.mailgun.net")
+        );
+        assert_eq!(settings.transports["ses"].kind.timeout(), Some("10s"));
+        assert!(settings.transports["resend"].fallback.is_empty());
+        use crate::workflow::model::Category;
+        assert_eq!(settings.category_transport(Category::Marketing), "ses");
+        assert_eq!(
+            settings.category_transport(Category::Transactional),
+            "postmark"
+        );
+        assert_eq!(
+            settings.dkim.as_ref().map(|d| d.selector.as_str()),
+            Some("herald")
+        );
+        // Secrets never reach Debug output.
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("-secret"), "{debug}");
+    }
+
+    #[test]
+    fn shared_keys_can_come_from_the_environment() {
+        let settings = load(
+            PROVIDERS,
+            &[
+                ("HERALD_TRANSPORTS__RESEND__FALLBACK", "ses, smtp"),
+                ("HERALD_TRANSPORTS__RESEND__RATE", "2.5"),
+                ("HERALD_TRANSPORTS__RESEND__CONCURRENCY", "3"),
+            ],
+        )
+        .unwrap();
+        let resend = &settings.transports["resend"];
+        assert_eq!(resend.fallback, ["ses", "smtp"]);
+        assert_eq!(resend.rate, Some(2.5));
+        assert_eq!(resend.concurrency, Some(3));
+    }
+
+    #[test]
+    fn the_default_category_transport_is_the_sending_transport() {
+        let settings = load("", &[]).unwrap();
+        use crate::workflow::model::Category;
+        assert_eq!(settings.category_transport(Category::Marketing), "outbox");
+        assert_eq!(
+            settings.category_transport(Category::Transactional),
+            "outbox"
+        );
+    }
+
+    #[test]
+    fn bad_transport_settings_name_their_key() {
+        let base = "[transports.a]\nkind = \"resend\"\napi_key = \"k\"\n\
+                    [transports.b]\nkind = \"resend\"\napi_key = \"k\"\n";
+        let cases = [
+            (
+                "[transports.a]\nkind = \"postmark\"\ntokn = \"x\"\n",
+                "transports.a: unknown field `tokn`",
+            ),
+            (
+                "[transports.a]\nkind = \"postmark\"\n",
+                "transports.a: missing field `token`",
+            ),
+            (
+                "[transports.a]\nkind = \"carrier-pigeon\"\n",
+                "transports.a: unknown variant `carrier-pigeon`",
+            ),
+            (
+                &format!(
+                    "{base}[transports.c]\nkind = \"resend\"\napi_key = \"k\"\nfallback = [\"z\"]\n"
+                ),
+                "transports.c.fallback: no transport named `z`",
+            ),
+            (
+                &format!(
+                    "{base}[transports.c]\nkind = \"resend\"\napi_key = \"k\"\nfallback = [\"c\"]\n"
+                ),
+                "transports.c.fallback: a transport cannot be its own fallback",
+            ),
+            (
+                &format!(
+                    "{base}[transports.c]\nkind = \"resend\"\napi_key = \"k\"\nfallback = [\"a\", \"a\"]\n"
+                ),
+                "transports.c.fallback: `a` is listed twice",
+            ),
+            (
+                "[transports.a]\nkind = \"resend\"\napi_key = \"k\"\nfallback = [\"b\"]\n\
+              [transports.b]\nkind = \"resend\"\napi_key = \"k\"\nfallback = [\"c\"]\n\
+              [transports.c]\nkind = \"resend\"\napi_key = \"k\"\nfallback = [\"a\"]\n",
+                "transports.a.fallback: fallback cycle a → b → c → a",
+            ),
+            (
+                &format!("{base}[transports.c]\nkind = \"resend\"\napi_key = \"k\"\nrate = 0\n"),
+                "transports.c.rate: must be a positive number",
+            ),
+            (
+                &format!(
+                    "{base}[transports.c]\nkind = \"resend\"\napi_key = \"k\"\nrate = \"fast\"\n"
+                ),
+                "transports.c: rate: expected messages per second",
+            ),
+            (
+                &format!(
+                    "{base}[transports.c]\nkind = \"resend\"\napi_key = \"k\"\nconcurrency = 0\n"
+                ),
+                "transports.c.concurrency: must be at least 1",
+            ),
+            (
+                &format!(
+                    "{base}[transports.c]\nkind = \"resend\"\napi_key = \"k\"\nbase_url = \"ftp://x\"\n"
+                ),
+                "transports.c.base_url: `ftp://x` is not an http:// or https:// URL",
+            ),
+            (
+                &format!(
+                    "{base}[transports.c]\nkind = \"resend\"\napi_key = \"k\"\ntimeout = \"0s\"\n"
+                ),
+                "transports.c.timeout: must be greater than zero",
+            ),
+            (
+                "[sending.categories]\nmarketing = \"nowhere\"\n",
+                "sending.categories.marketing: no transport named `nowhere`",
+            ),
+            (
+                "[sending.categories]\nbulk = \"outbox\"\n",
+                "unknown field `bulk`",
+            ),
+            (
+                "[dkim]\ndomain = \"\"\nselector = \"s\"\nprivate_key_file = \"k\"\n",
+                "dkim.domain: must not be empty",
+            ),
+        ];
+        for (toml, expected) in cases {
+            let err = load(toml, &[]).expect_err(toml);
+            assert!(
+                err.contains(expected),
+                "{toml}\n→ {err}\n(expected {expected})"
+            );
+        }
+    }
+}

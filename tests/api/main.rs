@@ -6,4 +6,5 @@ mod helpers;
 mod api;
 mod durability;
 mod journeys;
+mod providers;
 mod validation;
