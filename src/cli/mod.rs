@@ -1,5 +1,6 @@
 //! Command-line interface: one file per command; `anyhow` context lives here, at the edge.
 
+mod bench_transport;
 mod migrate;
 mod preview;
 mod serve;
@@ -46,6 +47,9 @@ enum Command {
     Validate,
     /// Render a template with sample data (or the given contact/event JSON).
     Preview(preview::Args),
+    /// Measure messages per second through one transport (REST stand-in or SMTP relay).
+    #[command(name = "bench-transport", hide = true)]
+    BenchTransport(bench_transport::Args),
 }
 
 fn init_logging(format: LogFormat) {
@@ -80,6 +84,7 @@ pub fn main() -> ExitCode {
             Command::Migrate => migrate::run(&cli.dir, cli.config.as_deref()).await,
             Command::Validate => validate::run(&cli.dir, cli.config.as_deref()),
             Command::Preview(args) => preview::run(&cli.dir, args),
+            Command::BenchTransport(args) => bench_transport::run(args).await,
         }
     });
     match result {
