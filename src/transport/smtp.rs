@@ -294,7 +294,10 @@ impl Smtp {
 
 impl Relay {
     async fn send(&self, msg: &BuiltMessage) -> Result<Receipt, SendError> {
-        let signed = self.dkim.as_ref().map(|signer| signer.sign(msg));
+        let signed = match &self.dkim {
+            Some(signer) => Some(self.sign(signer, msg).await?),
+            None => None,
+        };
         let payload = signed.as_deref().unwrap_or(&msg.raw);
         let _permit = self.permits.acquire().await.map_err(|_| {
             SendError::transient(format!("smtp {}: transport is shut down", self.name))
@@ -317,6 +320,21 @@ impl Relay {
         self.send_on(conn, msg, payload)
             .await
             .map_err(|attempt| attempt.error)
+    }
+
+    /// DKIM-signs on the blocking pool: an RSA-2048 signature costs milliseconds of CPU, which
+    /// would otherwise stall every other task on this runtime thread.
+    async fn sign(
+        &self,
+        signer: &Arc<DkimSigner>,
+        msg: &BuiltMessage,
+    ) -> Result<Vec<u8>, SendError> {
+        let (signer, msg) = (Arc::clone(signer), msg.clone());
+        tokio::task::spawn_blocking(move || signer.sign(&msg))
+            .await
+            .map_err(|err| {
+                SendError::transient(format!("smtp {}: DKIM signing failed: {err}", self.name))
+            })
     }
 
     async fn shutdown(&self) {
