@@ -33,8 +33,10 @@ HERALD=target/release/herald
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
 
-# -c: count deliveries; backlog 1000.
-"$SBIN/smtp-sink" -c "$SINK" 1000 >/dev/null &
+# -c: count deliveries; backlog 1000. As root, smtp-sink insists on dropping privileges (-u).
+sink_user=()
+if [[ "$(id -u)" == 0 ]]; then sink_user=(-u nobody); fi
+"$SBIN/smtp-sink" "${sink_user[@]}" -c "$SINK" 1000 >/dev/null &
 SINK_PID=$!
 trap 'kill "$SINK_PID" 2>/dev/null || true; wait "$SINK_PID" 2>/dev/null || true' EXIT
 for _ in $(seq 50); do

@@ -1,7 +1,6 @@
 //! `Core`: everything a running Herald shares — settings, store, clock, workflows, templates,
 //! transports and token keys — plus the ingestion entry points the API calls.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -9,11 +8,20 @@ use chrono::TimeDelta;
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
-use crate::config::{Settings, TransportSettings};
+use crate::config::{Settings, TransportKind, TransportSettings};
+use crate::message::dkim::DkimSigner;
 use crate::project::Project;
 use crate::store::Store;
 use crate::template::TemplateRegistry;
 use crate::tracking::Tokens;
+use crate::transport::http::{HttpConfigError, HttpSettings};
+use crate::transport::limit::Limiter;
+use crate::transport::mailgun::{self, Mailgun, MailgunConfig};
+use crate::transport::postmark::{self, Postmark, PostmarkConfig};
+use crate::transport::resend::{self, Resend, ResendConfig};
+use crate::transport::route::{RouteEntry, Router};
+use crate::transport::sendgrid::{self, Sendgrid, SendgridConfig};
+use crate::transport::ses::{Ses, SesConfig};
 use crate::transport::{
     Transport,
     outbox::Outbox,
@@ -38,7 +46,8 @@ pub struct Core {
     pub clock: Clock,
     pub workflows: Workflows,
     pub templates: TemplateRegistry,
-    pub transports: HashMap<String, Arc<Transport>>,
+    /// Every configured transport, with its limits, fallbacks and circuit breaker.
+    pub transports: Router,
     pub tokens: Tokens,
     pub verifier: crate::webhook::Verifier,
     /// Identifies this process in job leases.
@@ -60,7 +69,7 @@ impl Core {
         project: Project,
         dir: &Path,
     ) -> Result<Core, BuildError> {
-        let transports = build_transports(&settings, dir)?;
+        let transports = build_transports(&settings, dir, &clock)?;
         let secret = match &settings.tracking.secret {
             Some(s) => s.clone(),
             None => {
@@ -122,52 +131,148 @@ impl Core {
 
     /// Closes transport connections and the database.
     pub async fn shutdown(&self) {
-        for t in self.transports.values() {
-            t.shutdown().await;
-        }
+        self.transports.shutdown().await;
         self.store.close().await;
     }
 }
 
-fn build_transports(
+/// Builds every configured transport and the routes through them.
+pub fn build_transports(
     settings: &Settings,
     dir: &Path,
-) -> Result<HashMap<String, Arc<Transport>>, BuildError> {
-    let mut out = HashMap::new();
+    clock: &Clock,
+) -> Result<Router, BuildError> {
+    let dkim = settings
+        .dkim
+        .as_ref()
+        .map(|d| {
+            DkimSigner::from_file(&d.domain, &d.selector, &dir.join(&d.private_key_file))
+                .map(Arc::new)
+                .map_err(|e| BuildError::Setting(format!("dkim: {e}")))
+        })
+        .transpose()?;
+    let mut entries = Vec::new();
     for (name, t) in &settings.transports {
-        let transport = match t {
-            TransportSettings::Outbox { dir: out_dir } => {
-                Transport::Outbox(Outbox::new(name.clone(), dir.join(out_dir)))
-            }
-            TransportSettings::Smtp {
-                url,
-                pool,
-                timeout,
-                hello_name,
-            } => {
-                let timeout =
-                    Duration::parse_setting(&format!("transports.{name}.timeout"), timeout)
-                        .map_err(BuildError::Setting)?
-                        .0
-                        .to_std()
-                        .unwrap_or(std::time::Duration::from_secs(30));
-                let config = SmtpConfig {
-                    url: url.clone(),
-                    pool: *pool,
-                    timeout,
-                    hello_name: hello_name.clone(),
-                };
-                Transport::Smtp(Smtp::new(name.clone(), config).map_err(|e| {
-                    BuildError::Transport {
-                        name: name.clone(),
-                        message: e.to_string(),
-                    }
-                })?)
-            }
-        };
-        out.insert(name.clone(), Arc::new(transport));
+        let transport = build_transport(name, t, dir, clock, dkim.clone())?;
+        entries.push(RouteEntry {
+            transport,
+            limiter: Limiter::new(t.rate, t.concurrency),
+            fallback: t.fallback.clone(),
+        });
     }
-    Ok(out)
+    Router::new(clock.clone(), entries).map_err(|e| BuildError::Setting(e.to_string()))
+}
+
+fn build_transport(
+    name: &str,
+    t: &TransportSettings,
+    dir: &Path,
+    clock: &Clock,
+    dkim: Option<Arc<DkimSigner>>,
+) -> Result<Transport, BuildError> {
+    let failed = |message: String| BuildError::Transport {
+        name: name.to_owned(),
+        message,
+    };
+    let http_failed = |e: HttpConfigError| failed(e.to_string());
+    // Validated at load; the fallback only guards against a caller skipping validation.
+    let timeout = |value: &str| {
+        Duration::parse_setting(&format!("transports.{name}.timeout"), value)
+            .map_err(BuildError::Setting)
+            .map(|d| d.0.to_std().unwrap_or(std::time::Duration::from_secs(30)))
+    };
+    let http = |base_url: &Option<String>, default: &str, value: &str| {
+        Ok::<_, BuildError>(HttpSettings {
+            base_url: base_url.clone().unwrap_or_else(|| default.to_owned()),
+            timeout: timeout(value)?,
+        })
+    };
+    let clock = clock.clone();
+    Ok(match &t.kind {
+        TransportKind::Outbox { dir: out_dir } => {
+            Transport::Outbox(Outbox::new(name.to_owned(), dir.join(out_dir)))
+        }
+        TransportKind::Smtp {
+            url,
+            pool,
+            timeout: value,
+            hello_name,
+        } => {
+            let config = SmtpConfig {
+                url: url.clone(),
+                pool: *pool,
+                timeout: timeout(value)?,
+                hello_name: hello_name.clone(),
+                dkim,
+            };
+            Transport::Smtp(Smtp::new(name.to_owned(), config).map_err(|e| failed(e.to_string()))?)
+        }
+        TransportKind::Postmark {
+            token,
+            base_url,
+            message_stream,
+            timeout,
+        } => {
+            let config = PostmarkConfig {
+                token: token.clone(),
+                message_stream: message_stream.clone(),
+                http: http(base_url, postmark::DEFAULT_BASE_URL, timeout)?,
+            };
+            Transport::Postmark(Postmark::new(name, config, clock).map_err(http_failed)?)
+        }
+        TransportKind::Sendgrid {
+            api_key,
+            base_url,
+            timeout,
+        } => {
+            let config = SendgridConfig {
+                api_key: api_key.clone(),
+                http: http(base_url, sendgrid::DEFAULT_BASE_URL, timeout)?,
+            };
+            Transport::Sendgrid(Sendgrid::new(name, config, clock).map_err(http_failed)?)
+        }
+        TransportKind::Mailgun {
+            api_key,
+            domain,
+            base_url,
+            timeout,
+        } => {
+            let config = MailgunConfig {
+                api_key: api_key.clone(),
+                domain: domain.clone(),
+                http: http(base_url, mailgun::DEFAULT_BASE_URL, timeout)?,
+            };
+            Transport::Mailgun(Mailgun::new(name, config, clock).map_err(http_failed)?)
+        }
+        TransportKind::Ses {
+            region,
+            access_key_id,
+            secret_access_key,
+            base_url,
+            configuration_set,
+            timeout,
+        } => {
+            let config = SesConfig {
+                region: region.clone(),
+                access_key_id: access_key_id.clone(),
+                secret_access_key: secret_access_key.clone(),
+                configuration_set: configuration_set.clone(),
+                http: http(base_url, &SesConfig::default_base_url(region), timeout)?,
+            };
+            Transport::Ses(Ses::new(name, config, clock).map_err(http_failed)?)
+        }
+        TransportKind::Resend {
+            api_key,
+            base_url,
+            timeout,
+        } => {
+            let config = ResendConfig {
+                api_key: api_key.clone(),
+                http: http(base_url, resend::DEFAULT_BASE_URL, timeout)?,
+            };
+            Transport::Resend(Resend::new(name, config, clock).map_err(http_failed)?)
+        }
+    })
 }
 
 fn random_secret() -> String {

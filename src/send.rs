@@ -3,6 +3,10 @@
 //! (journey, step), so a retried step reuses it; a row found in `sending` means an earlier
 //! process died after handing the message over, and it becomes `unknown` instead of being sent
 //! again. No transaction is held across the transport call.
+//!
+//! The transport is the step's own `transport`, else the one configured for the workflow's
+//! category (`[sending.categories]`), else `sending.transport`; the router may hand the message
+//! to a fallback of that transport, and the message row records the one that took it.
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -28,8 +32,13 @@ pub enum Delivery {
         error: String,
         retry_after: Option<std::time::Duration>,
     },
-    /// Held back by etiquette (quiet hours, frequency cap): run the step again at `until`.
-    Defer { until: DateTime<Utc> },
+    /// Held back — by etiquette (quiet hours, frequency cap) or because every transport that
+    /// could carry it has used up its quota: run the step again at `until`, without counting an
+    /// attempt.
+    Defer {
+        until: DateTime<Utc>,
+        reason: String,
+    },
 }
 
 pub async fn deliver(
@@ -44,7 +53,7 @@ pub async fn deliver(
     let transport_name = spec
         .transport
         .clone()
-        .unwrap_or_else(|| core.settings.sending.transport.clone());
+        .unwrap_or_else(|| core.settings.category_transport(category).to_owned());
     let mut tx = core.store.write().await?;
     let contact = tx.get_contact(&journey.contact_id).await?;
     let row = Message {
@@ -127,7 +136,10 @@ pub async fn deliver(
             tx.set_journey_note(&journey.id, &note.1, now).await?;
             tx.set_message_detail(&message.id, &note.1, now).await?;
             tx.commit().await?;
-            return Ok(Delivery::Defer { until: note.0 });
+            return Ok(Delivery::Defer {
+                until: note.0,
+                reason: note.1,
+            });
         }
     }
     let unsubscribe_url = core.unsubscribe_url(&contact.id, &message.id);
@@ -214,10 +226,10 @@ pub async fn deliver(
             .await;
         }
     };
-    let Some(transport) = core.transports.get(&transport_name) else {
+    if !core.transports.contains(&transport_name) {
         let detail = format!("no transport named `{transport_name}`");
         return resolve(tx, &message, ms::FAILED, &detail, now).await;
-    };
+    }
     let handed_over = tx
         .transition_message(
             &message.id,
@@ -235,21 +247,21 @@ pub async fn deliver(
         return Ok(Delivery::Resolved);
     }
 
-    let result = transport.send(&built).await;
+    let result = core.transports.send(&transport_name, &built).await;
 
     let now = core.clock.now();
     let mut tx = core.store.write().await?;
     let delivery = match result {
-        Ok(receipt) => {
-            let provider_id = receipt.provider_message_id.as_deref();
+        Ok(sent) => {
+            let provider_id = sent.receipt.provider_message_id.as_deref();
             tx.transition_message(
                 &message.id,
                 ms::SENDING,
                 ms::SENT,
-                Some(&receipt.response),
+                Some(&sent.receipt.response),
                 provider_id,
                 None,
-                None,
+                Some(&sent.transport),
                 now,
             )
             .await?;
@@ -269,6 +281,24 @@ pub async fn deliver(
             )
             .await?;
             Delivery::Resolved
+        }
+        Err(e) if e.deferred_until.is_some() => {
+            let detail = e.to_string();
+            tx.transition_message(
+                &message.id,
+                ms::SENDING,
+                ms::PENDING,
+                Some(&detail),
+                None,
+                None,
+                None,
+                now,
+            )
+            .await?;
+            Delivery::Defer {
+                until: e.deferred_until.unwrap_or(now),
+                reason: detail,
+            }
         }
         Err(e) if e.is_transient() => {
             let detail = e.to_string();

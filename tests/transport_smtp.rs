@@ -22,6 +22,7 @@ fn smtp_with(url: String, pool: usize, timeout: Duration) -> Transport {
         pool,
         timeout,
         hello_name: Some("herald.test".to_owned()),
+        dkim: None,
     };
     Transport::Smtp(Smtp::new("relay".to_owned(), config).unwrap())
 }
@@ -346,4 +347,41 @@ async fn shutdown_quits_parked_connections_and_refuses_new_sends() {
     assert!(err.is_transient());
     assert!(err.message.contains("shut down"), "{err}");
     assert_eq!(server.connections_opened(), 1);
+}
+
+#[tokio::test]
+async fn closing_421_mid_session_is_transient_and_the_next_send_reconnects() {
+    let server = SmtpServer::start().await;
+    let transport = smtp(server.url(), 1);
+    server.fail(
+        Phase::Rcpt,
+        "421 4.7.0 Too many messages, closing connection",
+        1,
+    );
+    let err = transport.send(&built(1)).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Transient);
+    assert_eq!(err.code, Some(421));
+    assert_eq!(err.enhanced.as_deref(), Some("4.7.0"));
+    assert!(!err.after_data() && !err.is_hard_bounce());
+
+    // The closed session is not reused.
+    transport.send(&built(1)).await.unwrap();
+    assert_eq!(server.wait_for(1, WAIT).await.len(), 1);
+    assert_eq!(server.connections_opened(), 2);
+    transport.shutdown().await;
+}
+
+#[tokio::test]
+async fn temporary_rejection_after_data_is_transient_with_a_known_outcome() {
+    let server = SmtpServer::start().await;
+    let transport = smtp(server.url(), 1);
+    server.fail(Phase::EndOfData, "451 4.3.0 Queue file write error", 1);
+    let err = transport.send(&built(1)).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Transient);
+    assert_eq!(err.code, Some(451));
+    assert_eq!(err.enhanced.as_deref(), Some("4.3.0"));
+    // The server answered: it did not take the message, so a retry cannot duplicate it.
+    assert!(!err.after_data());
+    assert!(server.messages().is_empty());
+    transport.shutdown().await;
 }

@@ -35,7 +35,10 @@ enum What {
     /// N contacts with birthdays over the year: the cost of scheduling them all, and of one
     /// day's firing on a manual clock.
     Dates(super::bench_dates::Args),
+    /// Signed SendGrid webhook batches and open-pixel hits into a real Herald.
     Webhooks(super::bench_feedback::Args),
+    /// Messages per second through one transport: a REST provider stand-in or an SMTP relay.
+    Transport(super::bench_transport::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -86,6 +89,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.what {
         What::Send(a) => send(a).await,
         What::Dates(a) => super::bench_dates::run(a).await,
+        What::Transport(a) => super::bench_transport::run(a).await,
         What::Webhooks(a) => super::bench_feedback::run(a).await,
     }
 }

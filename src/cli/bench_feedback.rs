@@ -394,7 +394,7 @@ impl Load {
             ms(1.0)
         );
         println!(
-            "  CPU µs/{:<10}{:.1} (Herald; process {:.1} minus load generator {:.1}; tick {} ms)",
+            "  CPU µs/{:<11}{:.1} (Herald; process {:.1} minus load generator {:.1}; tick {} ms)",
             unit.trim_end_matches('s'),
             herald_cpu.as_secs_f64() * 1e6 / items as f64,
             self.process_cpu.as_secs_f64() * 1e6 / items as f64,
@@ -675,7 +675,9 @@ mod tests {
         for _ in 0..50 {
             let event = sendgrid_event(&message, 1_700_000_000, &mut pick);
             assert_eq!(event[HERALD_MESSAGE_ID_KEY], "m-1");
-            assert!(["delivered", "open", "click"].contains(&event["event"].as_str().unwrap_or("")));
+            assert!(
+                ["delivered", "open", "click"].contains(&event["event"].as_str().unwrap_or(""))
+            );
         }
     }
 }

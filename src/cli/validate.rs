@@ -9,6 +9,9 @@ use crate::workflow::timing::{TimeTrigger, next_cron};
 
 pub fn run(dir: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(dir, config)?;
+    // Builds (without connecting) every transport, so a bad DKIM key or provider setting fails
+    // here rather than at `serve`.
+    crate::core::build_transports(&settings, dir, &crate::clock::Clock::System)?;
     let transports: Vec<String> = settings.transports.keys().cloned().collect();
     match crate::project::load(dir, &transports) {
         Ok(project) => {

@@ -4,7 +4,9 @@
 //! to the exact bytes handed to a transport: address parsing, the `multipart/alternative` body,
 //! `Message-ID`, `Date`, our `X-Herald-Message-Id` correlation header and caller-supplied headers
 //! such as `List-Unsubscribe`. It does no I/O and reads no clock: the `Date` header comes from the
-//! caller so that tests and simulations control time.
+//! caller so that tests and simulations control time. DKIM signing lives in [`dkim`].
+
+pub mod dkim;
 
 use std::str::FromStr;
 use std::time::SystemTime;
@@ -55,7 +57,8 @@ pub struct OutgoingEmail {
     pub date: chrono::DateTime<chrono::Utc>,
 }
 
-/// A message ready for any transport: the SMTP envelope and the raw RFC 5322 bytes.
+/// A message ready for any transport: the SMTP envelope and the raw RFC 5322 bytes for SMTP and
+/// raw-MIME APIs, and the validated parts for JSON APIs that build the MIME themselves.
 #[derive(Debug, Clone)]
 pub struct BuiltMessage {
     /// Our id for the message (same as [`OutgoingEmail::message_id`]).
@@ -64,6 +67,21 @@ pub struct BuiltMessage {
     pub envelope: Envelope,
     /// The formatted message, CRLF line endings, 7-bit clean body encodings chosen by lettre.
     pub raw: Vec<u8>,
+    /// The parsed sender.
+    pub from: Mailbox,
+    /// The parsed recipient.
+    pub to: Mailbox,
+    /// The subject, as given.
+    pub subject: String,
+    /// The HTML body, as given.
+    pub html: String,
+    /// The plain-text body, as given.
+    pub text: String,
+    /// The caller's extra headers (validated), followed by `X-Herald-Message-Id`. Headers Herald
+    /// derives from the other fields (`From`, `Date`, `Message-ID`, …) are not repeated here.
+    pub headers: Vec<(String, String)>,
+    /// The assembled message, kept so a DKIM signer can read its headers and body.
+    pub(crate) mime: lettre::Message,
 }
 
 /// Why a message could not be built. Every variant names the offending input.
@@ -125,8 +143,8 @@ pub fn build(email: &OutgoingEmail) -> Result<BuiltMessage, MessageError> {
     let message_id_header = format!("<{}@{}>", email.message_id, from.email.domain());
 
     let mut builder = lettre::Message::builder()
-        .from(from)
-        .to(to)
+        .from(from.clone())
+        .to(to.clone())
         .subject(email.subject.clone())
         .date(SystemTime::from(email.date))
         .message_id(Some(message_id_header))
@@ -143,10 +161,22 @@ pub fn build(email: &OutgoingEmail) -> Result<BuiltMessage, MessageError> {
         email.html.clone(),
     ))?;
 
+    let mut headers = email.headers.clone();
+    headers.push((
+        HERALD_MESSAGE_ID_HEADER.to_owned(),
+        email.message_id.clone(),
+    ));
     Ok(BuiltMessage {
         message_id: email.message_id.clone(),
         envelope: message.envelope().clone(),
         raw: message.formatted(),
+        from,
+        to,
+        subject: email.subject.clone(),
+        html: email.html.clone(),
+        text: email.text.clone(),
+        headers,
+        mime: message,
     })
 }
 

@@ -63,6 +63,36 @@ impl Tx {
         Ok(done == 1)
     }
 
+    /// Puts a held job back in the queue for `run_at` and takes back the attempt its claim
+    /// counted (a deferral is not a failed attempt). Answers false if `worker` no longer holds
+    /// it.
+    pub async fn defer_job(
+        &mut self,
+        id: &str,
+        worker: &str,
+        run_at: DateTime<Utc>,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = on_conn!(self, c => {
+            sqlx::query(
+                "UPDATE jobs SET status = 'queued', run_at = $3, locked_by = NULL, locked_until = NULL,
+                   attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, last_error = $4,
+                   updated_at = $5
+                 WHERE id = $1 AND locked_by = $2 AND status = 'running'",
+            )
+            .bind(id)
+            .bind(worker)
+            .bind(run_at)
+            .bind(error)
+            .bind(now)
+            .execute(c)
+            .await?
+            .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
     /// Finishes a held job as `done` or `dead`.
     pub async fn finish_job(
         &mut self,

@@ -3,25 +3,54 @@
 //! This module owns the closed set of transports ([`Transport`]), the receipt a successful hand-off
 //! produces ([`Receipt`]) and the one error type every transport reports ([`SendError`]), which
 //! carries the class the scheduler acts on: transient (retry with backoff), permanent (fail the
-//! message; a hard bounce also suppresses the address), or "after DATA" (outcome unknown — mark
-//! the message `unknown`, never re-send).
+//! message; a hard bounce also suppresses the address), deferred (a quota is used up: wait for
+//! its reset without spending an attempt), or "after DATA" (outcome unknown — mark the message
+//! `unknown`, never re-send).
+//!
+//! Around the transports sit the per-transport rate limits ([`limit`]) and the routing with
+//! failover and circuit breakers ([`route`]) that the send pipeline goes through.
 
+pub mod http;
+pub mod limit;
+pub mod mailgun;
 pub mod outbox;
+pub mod postmark;
+pub mod resend;
+pub mod route;
+pub mod sendgrid;
+pub mod ses;
 pub mod smtp;
 
 use std::fmt;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use crate::message::BuiltMessage;
 
+/// Key under which every REST provider carries our message id in its metadata (Postmark
+/// `Metadata`, SendGrid `custom_args`, SES `EmailTags`, Resend `tags`), so delivery webhooks can
+/// be matched to the message row.
+pub const METADATA_KEY: &str = "herald_message_id";
+
 /// A configured transport. Closed set: adding a provider means adding a variant.
-/// Clones are cheap and share connections (SMTP pool).
+/// Clones are cheap and share connections (SMTP pool, HTTP client).
 #[derive(Debug, Clone)]
 pub enum Transport {
     /// Writes `.eml` files to a directory (development, dry runs).
     Outbox(outbox::Outbox),
     /// Relays through an SMTP server with a bounded connection pool.
     Smtp(smtp::Smtp),
+    /// Postmark's `POST /email`.
+    Postmark(postmark::Postmark),
+    /// SendGrid's `POST /v3/mail/send`.
+    Sendgrid(sendgrid::Sendgrid),
+    /// Mailgun's `POST /v3/{domain}/messages`.
+    Mailgun(mailgun::Mailgun),
+    /// Amazon SES v2 `SendEmail` (raw MIME).
+    Ses(ses::Ses),
+    /// Resend's `POST /emails`.
+    Resend(resend::Resend),
 }
 
 impl Transport {
@@ -30,6 +59,11 @@ impl Transport {
         match self {
             Transport::Outbox(outbox) => outbox.send(msg).await,
             Transport::Smtp(smtp) => smtp.send(msg).await,
+            Transport::Postmark(postmark) => postmark.send(msg).await,
+            Transport::Sendgrid(sendgrid) => sendgrid.send(msg).await,
+            Transport::Mailgun(mailgun) => mailgun.send(msg).await,
+            Transport::Ses(ses) => ses.send(msg).await,
+            Transport::Resend(resend) => resend.send(msg).await,
         }
     }
 
@@ -38,15 +72,19 @@ impl Transport {
         match self {
             Transport::Outbox(outbox) => outbox.name(),
             Transport::Smtp(smtp) => smtp.name(),
+            Transport::Postmark(postmark) => postmark.name(),
+            Transport::Sendgrid(sendgrid) => sendgrid.name(),
+            Transport::Mailgun(mailgun) => mailgun.name(),
+            Transport::Ses(ses) => ses.name(),
+            Transport::Resend(resend) => resend.name(),
         }
     }
 
     /// Releases network resources (SMTP: QUITs parked connections). Sends after this fail with a
-    /// transient error.
+    /// transient error. REST transports hold nothing worth closing.
     pub async fn shutdown(&self) {
-        match self {
-            Transport::Outbox(_) => {}
-            Transport::Smtp(smtp) => smtp.shutdown().await,
+        if let Transport::Smtp(smtp) = self {
+            smtp.shutdown().await;
         }
     }
 }
@@ -88,7 +126,9 @@ pub struct SendError {
     pub class: ErrorClass,
     /// The SMTP reply code (or HTTP status for REST providers), when there was a reply.
     pub code: Option<u16>,
-    /// RFC 3463 enhanced status code such as `5.1.1`, when the reply carried one.
+    /// RFC 3463 enhanced status code such as `5.1.1`, when the reply carried one. REST
+    /// providers map their recipient rejections onto the same codes (`5.1.1` for an unknown or
+    /// inactive recipient, `5.1.3` for a malformed address), so suppression works one way.
     pub enhanced: Option<String>,
     /// What happened, including the server's reply text.
     pub message: String,
@@ -98,6 +138,10 @@ pub struct SendError {
     /// have accepted it. Callers must mark the message `unknown` instead of retrying, or risk a
     /// duplicate send. Always paired with [`ErrorClass::Transient`].
     pub after_data: bool,
+    /// The provider refuses more mail until this instant (a daily or monthly quota is used up).
+    /// The scheduler re-queues the message for then without counting an attempt. Always paired
+    /// with [`ErrorClass::Transient`].
+    pub deferred_until: Option<DateTime<Utc>>,
 }
 
 impl SendError {
@@ -110,6 +154,15 @@ impl SendError {
             message: message.into(),
             retry_after: None,
             after_data: false,
+            deferred_until: None,
+        }
+    }
+
+    /// A quota exhaustion: nothing more is accepted before `until`.
+    pub fn deferred(message: impl Into<String>, until: DateTime<Utc>) -> SendError {
+        SendError {
+            deferred_until: Some(until),
+            ..SendError::transient(message)
         }
     }
 
@@ -139,6 +192,7 @@ impl SendError {
             message: format!("{context}: {code} {text}"),
             retry_after: None,
             after_data: false,
+            deferred_until: None,
         }
     }
 

@@ -8,7 +8,9 @@
 //! - parsing the relay URL (`smtp://`, `smtps://`, `?tls=…`, credentials);
 //! - opening connections (TCP with `TCP_NODELAY`, EHLO, STARTTLS, AUTH);
 //! - the pool: at most `pool` connections, idle ones parked for reuse for up to 30 s;
-//! - running one transaction (MAIL, RCPT, DATA, payload) and classifying its failure.
+//! - running one transaction (MAIL, RCPT, DATA, payload) and classifying its failure;
+//! - DKIM-signing the payload (when configured) before a connection is taken, so the signing
+//!   cost never holds a pooled connection.
 
 use std::fmt;
 use std::future::Future;
@@ -28,6 +30,7 @@ use tokio::time::{Instant, timeout};
 
 use super::{ErrorClass, Receipt, SendError};
 use crate::message::BuiltMessage;
+use crate::message::dkim::DkimSigner;
 
 /// Parked connections older than this are closed instead of reused. Relays close idle sessions
 /// after a while (Postfix: 300 s, many providers: less); reusing one the server already dropped
@@ -51,6 +54,8 @@ pub struct SmtpConfig {
     pub timeout: Duration,
     /// Name sent with EHLO; defaults to the machine's hostname.
     pub hello_name: Option<String>,
+    /// Signs every message with DKIM before it is sent, when set.
+    pub dkim: Option<Arc<DkimSigner>>,
 }
 
 impl fmt::Debug for SmtpConfig {
@@ -61,6 +66,7 @@ impl fmt::Debug for SmtpConfig {
             .field("pool", &self.pool)
             .field("timeout", &self.timeout)
             .field("hello_name", &self.hello_name)
+            .field("dkim", &self.dkim)
             .finish()
     }
 }
@@ -209,6 +215,7 @@ struct Relay {
     credentials: Option<Credentials>,
     hello: ClientId,
     timeout: Duration,
+    dkim: Option<Arc<DkimSigner>>,
     /// One permit per connection allowed to exist; a send holds one from start to finish.
     permits: Semaphore,
     idle: Mutex<Idle>,
@@ -252,6 +259,7 @@ impl Smtp {
             credentials: endpoint.credentials,
             hello,
             timeout: config.timeout,
+            dkim: config.dkim,
             permits: Semaphore::new(config.pool),
             idle: Mutex::new(Idle {
                 closed: false,
@@ -286,12 +294,17 @@ impl Smtp {
 
 impl Relay {
     async fn send(&self, msg: &BuiltMessage) -> Result<Receipt, SendError> {
+        let signed = match &self.dkim {
+            Some(signer) => Some(self.sign(signer, msg).await?),
+            None => None,
+        };
+        let payload = signed.as_deref().unwrap_or(&msg.raw);
         let _permit = self.permits.acquire().await.map_err(|_| {
             SendError::transient(format!("smtp {}: transport is shut down", self.name))
         })?;
 
         if let Some(conn) = self.take_idle() {
-            match self.send_on(conn, msg).await {
+            match self.send_on(conn, msg, payload).await {
                 Err(attempt) if attempt.dead_before_mail => {
                     tracing::debug!(
                         transport = %self.name,
@@ -304,9 +317,24 @@ impl Relay {
         }
 
         let conn = self.connect().await?;
-        self.send_on(conn, msg)
+        self.send_on(conn, msg, payload)
             .await
             .map_err(|attempt| attempt.error)
+    }
+
+    /// DKIM-signs on the blocking pool: an RSA-2048 signature costs milliseconds of CPU, which
+    /// would otherwise stall every other task on this runtime thread.
+    async fn sign(
+        &self,
+        signer: &Arc<DkimSigner>,
+        msg: &BuiltMessage,
+    ) -> Result<Vec<u8>, SendError> {
+        let (signer, msg) = (Arc::clone(signer), msg.clone());
+        tokio::task::spawn_blocking(move || signer.sign(&msg))
+            .await
+            .map_err(|err| {
+                SendError::transient(format!("smtp {}: DKIM signing failed: {err}", self.name))
+            })
     }
 
     async fn shutdown(&self) {
@@ -327,11 +355,13 @@ impl Relay {
         while quits.join_next().await.is_some() {}
     }
 
-    /// Runs one transaction on `conn`, then parks or closes the connection.
+    /// Runs one transaction on `conn` with `payload` (the message, signed or not), then parks or
+    /// closes the connection.
     async fn send_on(
         &self,
         mut conn: AsyncSmtpConnection,
         msg: &BuiltMessage,
+        payload: &[u8],
     ) -> Result<Receipt, Attempt> {
         let parameters = match self.mail_parameters(&conn, msg) {
             Ok(parameters) => parameters,
@@ -345,7 +375,7 @@ impl Relay {
             }
         };
 
-        match self.transaction(&mut conn, msg, parameters).await {
+        match self.transaction(&mut conn, msg, payload, parameters).await {
             Ok(response) => {
                 self.park(conn).await;
                 Ok(Receipt {
@@ -375,6 +405,7 @@ impl Relay {
         &self,
         conn: &mut AsyncSmtpConnection,
         msg: &BuiltMessage,
+        payload: &[u8],
         parameters: Vec<MailParameter>,
     ) -> Result<Response, (Stage, Failure)> {
         let envelope = &msg.envelope;
@@ -392,7 +423,7 @@ impl Relay {
         }
         self.step(Stage::Data, conn.command(Data)).await?;
         // `message` dot-stuffs the payload and appends the terminating `.`.
-        self.step(Stage::EndOfData, conn.message(&msg.raw)).await
+        self.step(Stage::EndOfData, conn.message(payload)).await
     }
 
     /// MAIL FROM parameters the message needs, or a permanent error when this relay cannot carry
@@ -833,6 +864,7 @@ mod tests {
             pool: 2,
             timeout: Duration::from_secs(5),
             hello_name: Some("herald.test".to_owned()),
+            dkim: None,
         }
     }
 

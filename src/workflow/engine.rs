@@ -25,6 +25,8 @@ pub enum Outcome {
     Waiting(DateTime<Utc>),
     /// A transient failure; the job is queued for a retry.
     Retrying(DateTime<Utc>),
+    /// The provider's quota is used up; the job is queued for when it resets, attempt refunded.
+    Deferred(DateTime<Utc>),
     /// Out of attempts: the job is dead and the journey failed.
     Dead,
     /// Another worker took the job over (our lease expired); we stopped touching it.
@@ -162,23 +164,11 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
                         tx.commit().await?;
                         continue;
                     }
-                    Delivery::Defer { until } => {
-                        let mut tx = core.store.write().await?;
-                        tx.requeue_job(
-                            &job.id,
-                            &core.worker_id,
-                            until,
-                            true,
-                            None,
-                            core.clock.now(),
-                        )
-                        .await?;
-                        tx.commit().await?;
-                        core.wake_scheduler();
-                        return Ok(Outcome::Waiting(until));
-                    }
                     Delivery::Retry { error, retry_after } => {
                         return retry(core, job, &journey, &node, &error, retry_after).await;
+                    }
+                    Delivery::Defer { until, reason } => {
+                        return defer(core, job, &reason, until).await;
                     }
                 }
             }
@@ -341,6 +331,26 @@ async fn retry(
     tx.commit().await?;
     core.wake_scheduler();
     Ok(Outcome::Retrying(at))
+}
+
+/// Re-queues the job for `until` (quiet hours end, the frequency cap allows, a provider quota
+/// resets) without counting the attempt: waiting is not a failure of the message, and must not
+/// exhaust its attempts.
+async fn defer(core: &Core, job: &Job, error: &str, until: DateTime<Utc>) -> Result<Outcome> {
+    let now = core.clock.now();
+    let mut tx = core.store.write().await?;
+    let at = until.max(now);
+    if !tx
+        .defer_job(&job.id, &core.worker_id, at, error, now)
+        .await?
+    {
+        tx.rollback().await?;
+        return Ok(Outcome::LeaseLost);
+    }
+    tx.commit().await?;
+    tracing::info!(job = %job.id, until = %at, reason = error, "send deferred");
+    core.wake_scheduler();
+    Ok(Outcome::Deferred(at))
 }
 
 async fn branch_holds(

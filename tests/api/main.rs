@@ -7,5 +7,6 @@ mod api;
 mod durability;
 mod feedback;
 mod journeys;
+mod providers;
 mod timing;
 mod validation;

@@ -129,3 +129,25 @@ fn config_errors_name_the_key_and_file() {
         "{out}"
     );
 }
+
+#[test]
+fn a_pkcs8_dkim_key_fails_validation_with_the_conversion_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_examples(dir.path());
+    let key = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dkim/rsa-pkcs8.pem"),
+    )
+    .expect("fixture");
+    write(dir.path(), "dkim.pem", &key);
+    write(
+        dir.path(),
+        "herald.toml",
+        "[dkim]\ndomain = \"shop.example\"\nselector = \"herald\"\nprivate_key_file = \"dkim.pem\"\n",
+    );
+    let (ok, out) = validate(dir.path());
+    assert!(!ok);
+    assert!(
+        out.contains("dkim.pem") && out.contains("openssl rsa -in KEY -out KEY.rsa -traditional"),
+        "{out}"
+    );
+}
