@@ -1,4 +1,4 @@
-//! `herald bench-transport`: messages per second through one transport at a given
+//! `herald bench transport`: messages per second through one transport at a given
 //! concurrency — the REST path against an in-process stand-in answering like Postmark, or SMTP
 //! against a relay you run (Postfix's `smtp-sink`). Messages are built before the clock starts;
 //! what is measured is the transport path a worker runs: routing, limits, the request or SMTP
@@ -34,7 +34,7 @@ pub enum Kind {
     Smtp,
 }
 
-/// Options of `herald bench-transport`.
+/// Options of `herald bench transport`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Transport path to measure.
