@@ -50,9 +50,11 @@ pub async fn deliver(
     let now = core.clock.now();
     let wf = core.workflows.get(&journey.workflow);
     let category = wf.map(|w| w.def.category).unwrap_or_default();
+    // The step's transport, else the workflow's, else the category's, else the default.
     let transport_name = spec
         .transport
         .clone()
+        .or_else(|| wf.and_then(|w| w.def.transport.clone()))
         .unwrap_or_else(|| core.settings.category_transport(category).to_owned());
     let mut tx = core.store.write().await?;
     let contact = tx.get_contact(&journey.contact_id).await?;

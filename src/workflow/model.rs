@@ -27,6 +27,8 @@ pub struct Workflow {
     pub policy: PolicyOverrides,
     /// Own open/click tracking for this workflow's marketing mail (`None`: `[tracking] enabled`).
     pub tracking: Option<bool>,
+    /// Transport for this workflow's sends (a step's own `transport` wins).
+    pub transport: Option<String>,
     pub steps: Vec<Step>,
     /// File the workflow was loaded from, for error messages.
     pub source: PathBuf,

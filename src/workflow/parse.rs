@@ -406,6 +406,7 @@ const WORKFLOW_KEYS: &[&str] = &[
     "quiet_hours",
     "frequency_cap",
     "tracking",
+    "transport",
     "steps",
 ];
 const TRIGGER_KINDS: &[&str] = &["event", "segment", "date", "schedule"];
@@ -765,6 +766,16 @@ impl<'a> Reader<'a> {
                 None
             }
         });
+        let transport = f.get("transport").and_then(|n| {
+            let name = self.name(n, "`transport`")?;
+            if !(self.known.transport)(&name) {
+                self.error(
+                    n.referenced,
+                    format!("no transport named `{name}` in herald.toml"),
+                );
+            }
+            Some(name)
+        });
         let steps = self.required(&f, "steps", "the workflow").and_then(|node| {
             if matches!(&node.value, Node::Seq(items) if items.is_empty()) {
                 self.error(node.referenced, "`steps` must not be empty");
@@ -782,6 +793,7 @@ impl<'a> Reader<'a> {
             goal,
             policy,
             tracking,
+            transport,
             steps: steps?,
             source: self.file.to_path_buf(),
         };
@@ -1769,6 +1781,7 @@ steps:
             }),
             policy: PolicyOverrides::default(),
             tracking: None,
+            transport: None,
             steps: vec![
                 Step {
                     id: None,
@@ -2860,7 +2873,7 @@ steps:
                 "x: &bad { wait: 1 hour }\ntrigger: { event: x }\nsteps: [ *bad ]\n"
             ),
             vec![
-                "w.yaml:1:1: unknown field `x`, expected one of `name`, `description`, `category`, `trigger`, `conditions`, `reentry`, `exit_on`, `goal`, `quiet_hours`, `frequency_cap`, `tracking`, `steps`",
+                "w.yaml:1:1: unknown field `x`, expected one of `name`, `description`, `category`, `trigger`, `conditions`, `reentry`, `exit_on`, `goal`, `quiet_hours`, `frequency_cap`, `tracking`, `transport`, `steps`",
                 "w.yaml:3:10: invalid duration `1 hour`: expected a whole number and a unit (s, m, h, d or w) with no space between them, e.g. `30s`, `15m`, `1h`, `2d`, `1w`",
             ]
         );

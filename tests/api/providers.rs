@@ -101,6 +101,52 @@ async fn categories_choose_their_transport(db: Db) {
 }
 both_backends!(categories_choose_their_transport);
 
+/// A workflow's own `transport:` beats its category's.
+async fn a_workflow_can_name_its_transport(db: Db) {
+    let postmark = stand_in(
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"MessageID": "pm-7", "ErrorCode": 0, "Message": "OK"})),
+    )
+    .await;
+    let options = Options {
+        env: env(&postmark_env(&postmark)),
+        ..Options::default()
+    };
+    let app = TestApp::spawn_with(db, options, |dir| {
+        write(
+            dir,
+            "workflows/promo.yaml",
+            "transport: pm
+trigger:
+  event: promo
+steps:
+  - send: promo
+",
+        );
+        write(
+            dir,
+            "templates/promo.hbs",
+            "---\nsubject: Promo\n---\n<p>Sale</p>\n",
+        );
+    })
+    .await;
+    app.contact("c-1", "ana@example.com", json!({})).await;
+    app.event("c-1", "promo", json!({})).await;
+    app.run_due().await;
+    assert_eq!(
+        postmark.received_requests().await.unwrap_or_default().len(),
+        1,
+        "marketing, yet via Postmark"
+    );
+    assert_eq!(
+        message(&app.messages_of("c-1").await, "promo")["transport"],
+        "pm"
+    );
+    assert!(app.smtp.messages().is_empty());
+    app.finish().await;
+}
+both_backends!(a_workflow_can_name_its_transport);
+
 async fn failover_is_recorded_on_the_message(db: Db) {
     let postmark = stand_in(ResponseTemplate::new(503)).await;
     let mut pairs = postmark_env(&postmark);
