@@ -16,7 +16,7 @@ use crate::store::{Job, Result, Tx};
 use crate::workflow::engine::{Outcome, run_journey_job};
 
 mod ticks;
-pub use ticks::{reschedule_contact, sync_definitions, tick};
+pub use ticks::{SCHEDULE_FIRE_JOB, reschedule_contact, run_paging_batch, sync_definitions, tick};
 
 const BACKOFF_BASE: TimeDelta = TimeDelta::seconds(10);
 const BACKOFF_CAP: TimeDelta = TimeDelta::hours(1);

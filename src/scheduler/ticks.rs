@@ -232,68 +232,79 @@ pub async fn tick(core: &Core) -> Result<usize> {
 /// Runs a paging job (schedule enrollment or trigger backfill) to the end, one batch per
 /// transaction; the cursor is stored with each batch's effects.
 pub async fn run_paging_job(core: &Core, job: &Job) -> Result<Outcome> {
-    let workflow = job
-        .payload
-        .0
+    let mut payload = job.payload.0.clone();
+    loop {
+        if let Some(outcome) = run_paging_batch(core, job, &mut payload).await? {
+            return Ok(outcome);
+        }
+    }
+}
+
+/// One batch of a paging job, from the cursor in `payload`, committed together with the
+/// advanced cursor: a crash between batches resumes after the last committed one, and nobody is
+/// enrolled twice. Returns the outcome once the job is over, `None` while contacts remain.
+pub async fn run_paging_batch(
+    core: &Core,
+    job: &Job,
+    payload: &mut Value,
+) -> Result<Option<Outcome>> {
+    let now = core.clock.now();
+    let workflow = payload
         .get("workflow")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    let mut payload = job.payload.0.clone();
-    loop {
-        let now = core.clock.now();
-        let mut tx = core.store.write().await?;
-        let Some(wf) = core.workflows.get(&workflow) else {
-            tx.finish_job(
-                &job.id,
-                &core.worker_id,
-                job_status::DONE,
-                Some("workflow no longer exists"),
-                now,
-            )
-            .await?;
-            tx.commit().await?;
-            return Ok(Outcome::Done);
-        };
-        let cursor = payload
-            .get("cursor")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let enrolling = job.kind == SCHEDULE_FIRE_JOB;
-        let contacts = tx.contacts_after(&cursor, BATCH, enrolling).await?;
-        for contact in &contacts {
-            if enrolling {
-                let occurrence = payload
-                    .get("occurrence")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                if in_audience(contact) {
-                    enter_occurrence(&mut tx, core, wf, contact, occurrence, now).await?;
-                }
-            } else {
-                reschedule_for(&mut tx, wf, contact, core.settings.default_timezone(), now).await?;
-            }
-        }
-        let done = (contacts.len() as i64) < BATCH;
-        if let Some(last) = contacts.last() {
-            payload["cursor"] = json!(last.id);
-        }
-        if !tx
-            .renew_job(&job.id, &core.worker_id, now + core.lease, &payload)
-            .await?
-        {
-            tx.rollback().await?;
-            return Ok(Outcome::LeaseLost);
-        }
-        if done {
-            tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
-                .await?;
-        }
+    let mut tx = core.store.write().await?;
+    let Some(wf) = core.workflows.get(&workflow) else {
+        tx.finish_job(
+            &job.id,
+            &core.worker_id,
+            job_status::DONE,
+            Some("workflow no longer exists"),
+            now,
+        )
+        .await?;
         tx.commit().await?;
-        if done {
-            core.wake_scheduler();
-            return Ok(Outcome::Done);
+        return Ok(Some(Outcome::Done));
+    };
+    let cursor = payload
+        .get("cursor")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let enrolling = job.kind == SCHEDULE_FIRE_JOB;
+    let contacts = tx.contacts_after(&cursor, BATCH, enrolling).await?;
+    let occurrence = payload
+        .get("occurrence")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    for contact in &contacts {
+        if !enrolling {
+            reschedule_for(&mut tx, wf, contact, core.settings.default_timezone(), now).await?;
+        } else if in_audience(contact) {
+            enter_occurrence(&mut tx, core, wf, contact, &occurrence, now).await?;
         }
     }
+    let done = (contacts.len() as i64) < BATCH;
+    if let Some(last) = contacts.last() {
+        payload["cursor"] = json!(last.id);
+    }
+    if !tx
+        .renew_job(&job.id, &core.worker_id, now + core.lease, payload)
+        .await?
+    {
+        tx.rollback().await?;
+        return Ok(Some(Outcome::LeaseLost));
+    }
+    if done {
+        tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
+            .await?;
+    }
+    tx.commit().await?;
+    if done {
+        core.wake_scheduler();
+        return Ok(Some(Outcome::Done));
+    }
+    Ok(None)
 }

@@ -452,3 +452,60 @@ fn herald_cron_prints_fire_instants_in_utc() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("5-field"));
 }
+
+async fn schedule_enrollment_resumes_after_a_crash_part_way(db: Db) {
+    const CONTACTS: usize = 1200;
+    let app = TestApp::spawn_with(
+        db,
+        options(&[]),
+        project(&[("workflows/weekly.yaml", WEEKLY)]),
+    )
+    .await;
+    let contacts: Vec<_> = (0..CONTACTS)
+        .map(|i| json!({"id": format!("c-{i:04}"), "email": format!("u{i}@example.com")}))
+        .collect();
+    let (status, _) = app
+        .post("/v1/contacts/batch", json!({"contacts": contacts}))
+        .await;
+    assert_eq!(status, 200);
+    app.clock.set(utc(2026, 11, 9, 9, 0));
+    assert_eq!(
+        herald::scheduler::tick(&app.core).await.expect("tick"),
+        1,
+        "the weekly tick fires"
+    );
+    // A worker claims the enrollment, commits its first batch, and dies.
+    let now = app.clock.now();
+    let claimed = app
+        .core
+        .store
+        .claim_jobs(&app.core.worker_id, now, now + app.core.lease, 10)
+        .await
+        .expect("claim");
+    let job = claimed
+        .iter()
+        .find(|j| j.kind == herald::scheduler::SCHEDULE_FIRE_JOB)
+        .expect("enrollment job");
+    let mut payload = job.payload.0.clone();
+    let first = herald::scheduler::run_paging_batch(&app.core, job, &mut payload)
+        .await
+        .expect("first batch");
+    assert!(first.is_none(), "more batches remain");
+    let app = app.restart().await;
+    // Once the dead worker's lease runs out, the next worker resumes after the committed batch.
+    app.advance(TimeDelta::minutes(2)).await;
+    let mail = app
+        .smtp
+        .wait_for(CONTACTS, std::time::Duration::from_secs(60))
+        .await;
+    let mut to: Vec<_> = mail.iter().flat_map(|m| m.to.clone()).collect();
+    to.sort();
+    to.dedup();
+    assert_eq!(
+        (mail.len(), to.len()),
+        (CONTACTS, CONTACTS),
+        "everyone once, nobody twice"
+    );
+    app.finish().await;
+}
+both_backends!(schedule_enrollment_resumes_after_a_crash_part_way);
