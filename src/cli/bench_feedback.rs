@@ -68,6 +68,8 @@ pub struct Args {
 
 /// Contacts and messages per setup transaction.
 const SETUP_CHUNK: usize = 1000;
+/// The load generator's thread, told apart from Herald's.
+const LOAD_THREAD: &str = "bench-load";
 /// A desktop Chrome: neither Apple's privacy proxy nor a scanner.
 const BROWSER_UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 \
                           (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
@@ -376,6 +378,8 @@ struct Load {
     process_cpu: Duration,
     /// The load generator thread's share of `process_cpu`.
     client_cpu: Duration,
+    /// `process_cpu` by thread name (the load generator's thread included).
+    by_thread: Vec<(String, Duration)>,
 }
 
 impl Load {
@@ -405,6 +409,17 @@ impl Load {
             "  Herald CPU        {:.2} cores on average",
             herald_cpu.as_secs_f64() / secs
         );
+        let threads: Vec<String> = self
+            .by_thread
+            .iter()
+            .filter(|(name, _)| name != LOAD_THREAD)
+            .map(|(name, cpu)| format!("{name} {:.1}", cpu.as_secs_f64() * 1e6 / items as f64))
+            .collect();
+        println!(
+            "  by thread µs/{:<5}{}",
+            unit.trim_end_matches('s'),
+            threads.join(", ")
+        );
     }
 }
 
@@ -421,9 +436,10 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 async fn timed(base: &str, jobs: Vec<Job>, args: &Args, ticks: u64) -> anyhow::Result<Load> {
     let (report, receiver) = tokio::sync::oneshot::channel();
     let (base, concurrency, batch) = (base.to_owned(), args.concurrency, args.batch);
+    let threads_start = thread_ticks();
     let cpu_start = cpu_time(Path::new("/proc/self/stat"), ticks)?;
     std::thread::Builder::new()
-        .name("bench-load".to_owned())
+        .name(LOAD_THREAD.to_owned())
         .spawn(move || {
             let result = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -439,6 +455,7 @@ async fn timed(base: &str, jobs: Vec<Job>, args: &Args, ticks: u64) -> anyhow::R
         .map_err(|_| anyhow!("the load generator thread stopped without a report"))??;
     load.process_cpu = cpu_time(Path::new("/proc/self/stat"), ticks)?.saturating_sub(cpu_start);
     load.client_cpu = client_cpu;
+    load.by_thread = by_thread(&threads_start, &thread_ticks(), ticks);
     Ok(load)
 }
 
@@ -490,6 +507,7 @@ async fn drive(
         first_error: None,
         process_cpu: Duration::ZERO,
         client_cpu: Duration::ZERO,
+        by_thread: Vec::new(),
     };
     while let Some(done) = tasks.join_next().await {
         let (latencies, failures, first_error) = done.context("a load generator task panicked")?;
@@ -638,6 +656,51 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
     let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// Every live thread of the process: id, name and CPU clock ticks so far.
+fn thread_ticks() -> Vec<(String, String, u64)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| {
+            let task = task.ok()?;
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let name = stat.split_once('(')?.1.rsplit_once(')')?.0.to_owned();
+            let tid = task.file_name().to_string_lossy().into_owned();
+            Some((tid, name, parse_cpu_ticks(&stat)?))
+        })
+        .collect()
+}
+
+/// CPU time between two [`thread_ticks`] snapshots, summed by thread name, largest first.
+/// Threads that ended in between are missing: this is a breakdown, not a total.
+fn by_thread(
+    before: &[(String, String, u64)],
+    after: &[(String, String, u64)],
+    ticks_per_second: u64,
+) -> Vec<(String, Duration)> {
+    let mut sums: Vec<(String, u64)> = Vec::new();
+    for (tid, name, end) in after {
+        let start = before
+            .iter()
+            .find(|(t, n, _)| t == tid && n == name)
+            .map_or(0, |b| b.2);
+        let spent = end.saturating_sub(start);
+        match sums.iter_mut().find(|(n, _)| n == name) {
+            Some((_, sum)) => *sum += spent,
+            None => sums.push((name.clone(), spent)),
+        }
+    }
+    sums.retain(|(_, t)| *t > 0);
+    sums.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
+    sums.into_iter()
+        .map(|(n, t)| {
+            let secs = t as f64 / ticks_per_second.max(1) as f64;
+            (n, Duration::from_secs_f64(secs))
+        })
+        .collect()
 }
 
 /// Peak resident set size (`VmHWM`) in KiB.
