@@ -766,16 +766,7 @@ impl<'a> Reader<'a> {
                 None
             }
         });
-        let transport = f.get("transport").and_then(|n| {
-            let name = self.name(n, "`transport`")?;
-            if !(self.known.transport)(&name) {
-                self.error(
-                    n.referenced,
-                    format!("no transport named `{name}` in herald.toml"),
-                );
-            }
-            Some(name)
-        });
+        let transport = f.get("transport").and_then(|n| self.transport(n));
         let steps = self.required(&f, "steps", "the workflow").and_then(|node| {
             if matches!(&node.value, Node::Seq(items) if items.is_empty()) {
                 self.error(node.referenced, "`steps` must not be empty");
@@ -1131,19 +1122,22 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// A transport name that must be configured in herald.toml.
+    fn transport(&mut self, node: &SNode) -> Option<String> {
+        let name = self.name(node, "`transport`")?;
+        if !(self.known.transport)(&name) {
+            self.error(
+                node.referenced,
+                format!("no transport named `{name}` in herald.toml"),
+            );
+        }
+        Some(name)
+    }
+
     fn send(&mut self, node: &SNode) -> Option<SendSpec> {
         let (template_node, transport, subject) = if matches!(node.value, Node::Map(_)) {
             let f = self.fields(node, "`send`", &["template", "transport", "subject"])?;
-            let transport = f.get("transport").and_then(|n| {
-                let name = self.name(n, "`transport`")?;
-                if !(self.known.transport)(&name) {
-                    self.error(
-                        n.referenced,
-                        format!("no transport named `{name}` in herald.toml"),
-                    );
-                }
-                Some(name)
-            });
+            let transport = f.get("transport").and_then(|n| self.transport(n));
             let subject = f.get("subject").and_then(|n| self.string(n, "`subject`"));
             (self.required(&f, "template", "`send`")?, transport, subject)
         } else {
