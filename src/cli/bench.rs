@@ -101,7 +101,13 @@ async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
     let smtp = loopback_sink(&args.smtp)?;
     check_sink(smtp)?;
     let run_id = uuid::Uuid::now_v7().simple().to_string();
-    let project = ScratchDir::create(&run_id)?;
+    let project = ScratchDir::create(
+        &format!("send-{run_id}"),
+        &[
+            ("workflows/bench.yaml", WORKFLOW),
+            ("templates/bench.hbs", TEMPLATE),
+        ],
+    )?;
     let workers = args.workers.unwrap_or(args.pool * 2).max(1);
     let database_url = if args.database == "sqlite" {
         format!("sqlite://{}", project.path().join("bench.db").display())
@@ -448,29 +454,27 @@ fn check_sink(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A project directory under the system temp dir, removed when dropped.
-struct ScratchDir(PathBuf);
+/// A throwaway project directory under the system temp dir (`workflows/`, `templates/` and the
+/// given files), removed when dropped. Shared by every `herald bench` command.
+pub(super) struct ScratchDir(PathBuf);
 
 impl ScratchDir {
-    fn create(run_id: &str) -> anyhow::Result<ScratchDir> {
-        let path = std::env::temp_dir().join(format!("herald-bench-{run_id}"));
-        let dir = ScratchDir(path);
-        for (rel, content) in [
-            ("workflows/bench.yaml", WORKFLOW),
-            ("templates/bench.hbs", TEMPLATE),
-        ] {
+    pub(super) fn create(name: &str, files: &[(&str, &str)]) -> anyhow::Result<ScratchDir> {
+        let dir = ScratchDir(std::env::temp_dir().join(format!("herald-bench-{name}")));
+        for sub in ["workflows", "templates"] {
+            let path = dir.0.join(sub);
+            std::fs::create_dir_all(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+        }
+        for (rel, content) in files {
             let file = dir.0.join(rel);
-            if let Some(parent) = file.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create {}", parent.display()))?;
-            }
             std::fs::write(&file, content)
                 .with_context(|| format!("cannot write {}", file.display()))?;
         }
         Ok(dir)
     }
 
-    fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -485,7 +489,7 @@ impl Drop for ScratchDir {
 
 /// `sysconf(_SC_CLK_TCK)` without libc: asks `getconf CLK_TCK`, falling back to 100, the value
 /// on every mainstream Linux architecture.
-fn clock_ticks_per_second() -> u64 {
+pub(super) fn clock_ticks_per_second() -> u64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -499,7 +503,7 @@ fn clock_ticks_per_second() -> u64 {
 /// User + system CPU time from a `/proc/…/stat` file (fields 14 and 15, in clock ticks). For
 /// `/proc/self/stat` that is every thread of the process; for `/proc/thread-self/stat`, the
 /// calling thread.
-fn cpu_time(stat: &Path, ticks_per_second: u64) -> anyhow::Result<Duration> {
+pub(super) fn cpu_time(stat: &Path, ticks_per_second: u64) -> anyhow::Result<Duration> {
     let text = std::fs::read_to_string(stat)
         .with_context(|| format!("cannot read {} (Linux only)", stat.display()))?;
     parse_cpu_ticks(&text)
@@ -507,7 +511,7 @@ fn cpu_time(stat: &Path, ticks_per_second: u64) -> anyhow::Result<Duration> {
         .ok_or_else(|| anyhow!("cannot parse {}", stat.display()))
 }
 
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+pub(super) fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     // The command name (field 2) is in parentheses and may contain spaces or parentheses.
     let (_, rest) = stat.rsplit_once(')')?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -518,7 +522,7 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 /// Peak resident set size (`VmHWM`) in KiB.
-fn peak_rss_kib() -> Option<u64> {
+pub(super) fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()

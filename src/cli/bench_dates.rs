@@ -4,7 +4,6 @@
 //! next fire instant, and (2) firing: one day's sweep on a manual clock, whose cost must follow
 //! the contacts due that day, not N.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -13,6 +12,7 @@ use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::bench::ScratchDir;
 use crate::app::{Application, Role};
 use crate::clock::{Clock, ManualClock};
 use crate::config::Settings;
@@ -44,23 +44,20 @@ fn utc(y: i32, m: u32, d: u32) -> anyhow::Result<DateTime<Utc>> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let dir: PathBuf = std::env::temp_dir().join(format!(
-        "herald-bench-dates-{}",
-        uuid::Uuid::now_v7().simple()
-    ));
-    std::fs::create_dir_all(dir.join("workflows"))?;
-    std::fs::create_dir_all(dir.join("templates"))?;
-    std::fs::write(
-        dir.join("workflows/birthday.yaml"),
-        "trigger:\n  date:\n    attribute: birthday\n    at: \"09:00\"\nsteps:\n  - send: hello\n",
+    let dir = ScratchDir::create(
+        &format!("dates-{}", uuid::Uuid::now_v7().simple()),
+        &[
+            (
+                "workflows/birthday.yaml",
+                "trigger:\n  date:\n    attribute: birthday\n    at: \"09:00\"\nsteps:\n  - send: hello\n",
+            ),
+            (
+                "templates/hello.hbs",
+                "---\nsubject: Happy birthday\n---\n<p>Hi</p>\n",
+            ),
+        ],
     )?;
-    std::fs::write(
-        dir.join("templates/hello.hbs"),
-        "---\nsubject: Happy birthday\n---\n<p>Hi</p>\n",
-    )?;
-    let result = measure(&args, &dir).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    measure(&args, dir.path()).await
 }
 
 async fn measure(args: &Args, dir: &std::path::Path) -> anyhow::Result<ExitCode> {

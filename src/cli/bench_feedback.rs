@@ -15,7 +15,7 @@
 //! Nothing leaves the loopback interface.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +34,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::bench::{ScratchDir, clock_ticks_per_second, cpu_time, parse_cpu_ticks, peak_rss_kib};
 use crate::app::{Application, Role};
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -79,7 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("--requests, --batch, --concurrency and --messages must be at least 1");
     }
     let run_id = uuid::Uuid::now_v7().simple().to_string();
-    let project = ScratchDir::create(&run_id)?;
+    let project = ScratchDir::create(&format!("webhooks-{run_id}"), &[])?;
     let rng = SystemRandom::new();
     let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING)
         .map_err(|_| anyhow!("cannot generate a P-256 key pair"))?;
@@ -598,66 +599,6 @@ async fn count_stored(core: &Core, sent: &[Sent]) -> anyhow::Result<(usize, usiz
     Ok((sendgrid, herald, behavior))
 }
 
-/// A project directory under the system temp dir (empty `workflows/` and `templates/`),
-/// removed when dropped.
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn create(run_id: &str) -> anyhow::Result<ScratchDir> {
-        let dir = ScratchDir(std::env::temp_dir().join(format!("herald-bench-webhooks-{run_id}")));
-        for sub in ["workflows", "templates"] {
-            let path = dir.0.join(sub);
-            std::fs::create_dir_all(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-        }
-        Ok(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            eprintln!("warning: cannot remove {}: {e}", self.0.display());
-        }
-    }
-}
-
-// The /proc readers below are copies of the private ones in `bench.rs`.
-
-/// `sysconf(_SC_CLK_TCK)` without libc: asks `getconf CLK_TCK`, falling back to 100.
-fn clock_ticks_per_second() -> u64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .filter(|&t| t > 0)
-        .unwrap_or(100)
-}
-
-/// User + system CPU time from a `/proc/…/stat` file (fields 14 and 15, in clock ticks).
-fn cpu_time(stat: &Path, ticks_per_second: u64) -> anyhow::Result<Duration> {
-    let text = std::fs::read_to_string(stat)
-        .with_context(|| format!("cannot read {} (Linux only)", stat.display()))?;
-    parse_cpu_ticks(&text)
-        .map(|ticks| Duration::from_secs_f64(ticks as f64 / ticks_per_second.max(1) as f64))
-        .ok_or_else(|| anyhow!("cannot parse {}", stat.display()))
-}
-
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    // The command name (field 2) is in parentheses and may contain spaces or parentheses.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
-    let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
-    Some(utime + stime)
-}
-
 /// Every live thread of the process: id, name and CPU clock ticks so far.
 fn thread_ticks() -> Vec<(String, String, u64)> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
@@ -701,15 +642,6 @@ fn by_thread(
             (n, Duration::from_secs_f64(secs))
         })
         .collect()
-}
-
-/// Peak resident set size (`VmHWM`) in KiB.
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 #[cfg(test)]
