@@ -91,6 +91,7 @@ impl Application {
         };
         let core = Arc::new(Core::new(settings, store, clock, project, dir).await?);
         crate::scheduler::sync_definitions(&core).await?;
+        crate::segment::membership::sync_definitions(&core).await?;
         Ok(Application {
             core,
             listener,

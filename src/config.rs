@@ -31,6 +31,7 @@ pub struct Settings {
     pub suppression: SuppressionSettings,
     #[serde(default)]
     pub webhooks: WebhookSettings,
+    pub profile: ProfileSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +135,40 @@ pub struct SuppressionSettings {
     /// Soft bounces within `soft_bounce_window` that suppress the address.
     pub soft_bounce_limit: u32,
     pub soft_bounce_window: String,
+}
+
+/// `[profile]`: how the computed profile (engagement, purchases, RFM, lifecycle) reads behavior.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSettings {
+    /// Engaged (a human open or click, or signing up) this recently: `active`.
+    pub active_within: String,
+    /// Engaged this recently, but not within `active_within`: `inactive`; longer: `dormant`.
+    pub inactive_within: String,
+    /// Never engaged after this many sent emails: `dormant` at once.
+    pub dormant_after_sends: u32,
+    /// The event that records a purchase, and its numeric value property.
+    pub order_event: String,
+    pub order_value: String,
+    /// Purchasers whose total value reaches this amount are `high-value`…
+    pub high_value_total: Option<f64>,
+    /// …or, without a fixed amount, this top share of purchasers by total value (0.1 = 10 %).
+    pub high_value_share: f64,
+    /// When RFM scores and the high-value threshold are recomputed over all purchasers (cron, UTC).
+    pub refresh: String,
+    /// Events that move a contact to each lifecycle stage; the furthest stage reached holds.
+    pub lifecycle: LifecycleSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleSettings {
+    pub awareness: Vec<String>,
+    pub consideration: Vec<String>,
+    pub decision: Vec<String>,
+    /// Besides these events, a second purchase reaches `retention`.
+    pub retention: Vec<String>,
+    pub advocacy: Vec<String>,
 }
 
 /// `[webhooks.<provider>]`: how each provider's delivery webhooks are authenticated. A provider
@@ -561,6 +596,22 @@ concurrency = 32
 lease = "60s"
 max_attempts = 8
 poll_interval = "1s"
+
+[profile]
+active_within = "30d"
+inactive_within = "180d"
+dormant_after_sends = 5
+order_event = "order_placed"
+order_value = "total"
+high_value_share = 0.1
+refresh = "0 * * * *"
+
+[profile.lifecycle]
+awareness = ["signed_up", "page_viewed"]
+consideration = ["product_viewed", "cart_updated", "email_clicked"]
+decision = ["checkout_started", "order_placed"]
+retention = []
+advocacy = ["review_posted", "referral_sent"]
 "#;
 
 impl Settings {
@@ -604,6 +655,11 @@ impl Settings {
                 .with_list_parse_key("server.api_keys")
                 .with_list_parse_key("webhooks.ses.topic_arns")
                 .with_list_parse_key("webhooks.ses.certificates")
+                .with_list_parse_key("profile.lifecycle.awareness")
+                .with_list_parse_key("profile.lifecycle.consideration")
+                .with_list_parse_key("profile.lifecycle.decision")
+                .with_list_parse_key("profile.lifecycle.retention")
+                .with_list_parse_key("profile.lifecycle.advocacy")
                 .try_parsing(true)
                 .source(Some(overrides)),
         );
@@ -695,6 +751,7 @@ impl Settings {
             return Err("workers.concurrency: must be at least 1".to_owned());
         }
         crate::webhook::Verifier::check(&self.webhooks).map_err(|e| e.to_string())?;
+        crate::segment::ProfileRules::from_settings(&self.profile)?;
         Ok(())
     }
 

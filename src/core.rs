@@ -45,6 +45,8 @@ pub struct Core {
     pub store: Store,
     pub clock: Clock,
     pub workflows: Workflows,
+    pub segments: crate::segment::Segments,
+    pub profile_rules: crate::segment::ProfileRules,
     pub templates: TemplateRegistry,
     /// Every configured transport, with its limits, fallbacks and circuit breaker.
     pub transports: Router,
@@ -90,6 +92,8 @@ impl Core {
         let policy = settings.policy().map_err(BuildError::Setting)?;
         let verifier = crate::webhook::Verifier::new(&settings.webhooks, dir)
             .map_err(|e| BuildError::Setting(e.to_string()))?;
+        let profile_rules = crate::segment::ProfileRules::from_settings(&settings.profile)
+            .map_err(BuildError::Setting)?;
         Ok(Core {
             policy,
             max_attempts: i64::from(settings.workers.max_attempts.max(1)),
@@ -97,6 +101,8 @@ impl Core {
             store,
             clock,
             workflows: project.workflows,
+            segments: project.segments,
+            profile_rules,
             templates: project.templates,
             transports,
             tokens,

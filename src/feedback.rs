@@ -201,6 +201,7 @@ pub async fn emit_behavior(
         received_at: now,
     };
     if tx.insert_event(&event).await? {
+        let contact = crate::segment::membership::on_event(tx, core, &contact, &event, now).await?;
         on_event(
             tx,
             &core.workflows,

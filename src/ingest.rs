@@ -8,6 +8,7 @@ use sqlx::types::Json;
 
 use crate::core::Core;
 use crate::feedback::{Report, record};
+use crate::segment::membership;
 use crate::store::{Contact, Event, StoreError, Tx};
 use crate::webhook::DeliveryKind;
 use crate::workflow::trigger::{Effects, on_event};
@@ -154,6 +155,9 @@ impl Core {
                 email,
                 attributes: Json(Value::Object(attributes)),
                 updated_at: now,
+                profile: existing
+                    .as_ref()
+                    .map_or_else(|| Json(Value::Object(Map::new())), |c| c.profile.clone()),
             };
             tx.put_contact(&contact).await?;
             crate::scheduler::reschedule_contact(
@@ -164,6 +168,7 @@ impl Core {
                 now,
             )
             .await?;
+            let contact = membership::on_contact_changed(&mut tx, self, &contact, now).await?;
             stored.push(contact);
         }
         tx.commit().await?;
@@ -216,6 +221,8 @@ impl Core {
                 continue;
             }
             record_engagement(&mut tx, self, &event).await?;
+            // Segments first, so journeys the event starts see the contact's new memberships.
+            let contact = membership::on_event(&mut tx, self, &contact, &event, now).await?;
             let effects = on_event(
                 &mut tx,
                 &self.workflows,

@@ -15,6 +15,7 @@ pub mod message;
 pub mod policy;
 pub mod project;
 pub mod scheduler;
+pub mod segment;
 pub mod send;
 pub mod store;
 pub mod template;

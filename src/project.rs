@@ -4,13 +4,17 @@
 
 use std::path::Path;
 
+use std::collections::BTreeSet;
+
 use crate::diagnostic::Diagnostic;
+use crate::segment::Segments;
 use crate::template::{TemplateError, TemplateRegistry};
 use crate::workflow::Workflows;
-use crate::workflow::parse::{Known, load_dir};
+use crate::workflow::parse::{Known, load_dir, load_segments};
 
 pub struct Project {
     pub workflows: Workflows,
+    pub segments: Segments,
     pub templates: TemplateRegistry,
 }
 
@@ -46,13 +50,26 @@ pub fn load(dir: &Path, transports: &[String]) -> Result<Project, Vec<Diagnostic
     // Without a template registry, still report workflow errors other than missing templates.
     let template = |name: &str| templates.as_ref().is_none_or(|t| t.contains(name));
     let transport = |name: &str| transports.iter().any(|t| t == name);
-    let (defs, diagnostics) = load_dir(
-        &dir.join("workflows"),
-        &Known {
-            template: &template,
-            transport: &transport,
-        },
-    );
+    // Segment names first, so references between segments and from workflows can be checked.
+    let any = |_: &str| true;
+    let (named, _) = load_segments(&dir.join("segments"), &Known::templates(&any));
+    let names: BTreeSet<String> = named.into_iter().map(|s| s.name).collect();
+    let segment = |name: &str| names.contains(name);
+    let known = Known {
+        template: &template,
+        transport: &transport,
+        segment: &segment,
+    };
+    let (segment_defs, diagnostics) = load_segments(&dir.join("segments"), &known);
+    problems.extend(diagnostics);
+    let segments = match Segments::new(segment_defs) {
+        Ok(s) => s,
+        Err(cycles) => {
+            problems.extend(cycles);
+            Segments::default()
+        }
+    };
+    let (defs, diagnostics) = load_dir(&dir.join("workflows"), &known);
     problems.extend(diagnostics);
     let Some(templates) = templates.filter(|_| problems.is_empty()) else {
         for p in &mut problems {
@@ -64,6 +81,7 @@ pub fn load(dir: &Path, transports: &[String]) -> Result<Project, Vec<Diagnostic
     };
     Ok(Project {
         workflows: Workflows::new(defs),
+        segments,
         templates,
     })
 }

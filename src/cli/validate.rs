@@ -1,4 +1,4 @@
-//! `herald validate`: every workflow and template, with file:line:column errors.
+//! `herald validate`: every workflow, segment and template, with file:line:column errors.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -16,8 +16,9 @@ pub fn run(dir: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     match crate::project::load(dir, &transports) {
         Ok(project) => {
             println!(
-                "ok: {} workflow(s), {} template(s) valid",
+                "ok: {} workflow(s), {} segment(s), {} template(s) valid",
                 project.workflows.len(),
+                project.segments.len(),
                 project.templates.names().len()
             );
             print_schedules(&project, settings.default_timezone());

@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::core::Core;
+use crate::segment::evaluate::earliest;
+use crate::segment::membership;
 use crate::store::{Job, Result, Tx};
 use crate::workflow::engine::{Outcome, run_journey_job};
 
@@ -44,6 +46,7 @@ pub async fn mark_dead(tx: &mut Tx, job_id: &str, reason: &str, now: DateTime<Ut
 async fn run_job(core: &Core, job: &Job) -> Outcome {
     let result = match job.kind.as_str() {
         ticks::BACKFILL_JOB | ticks::SCHEDULE_FIRE_JOB => ticks::run_paging_job(core, job).await,
+        membership::RECOMPUTE_JOB | membership::REFRESH_JOB => membership::run_job(core, job).await,
         _ => run_journey_job(core, job).await,
     };
     match result {
@@ -158,14 +161,15 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken, grace: Duration) 
     }
 }
 
-/// The earliest instant a job or a time trigger is due.
+/// The earliest instant a job, a time trigger or a segment change is due.
 async fn next_wakeup(core: &Core) -> Result<Option<DateTime<Utc>>> {
     let jobs = core.store.next_wakeup().await?;
     let triggers = core.store.next_trigger_time().await?;
-    Ok(match (jobs, triggers) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    })
+    let segments = core.store.next_segment_due().await?;
+    let refresh = membership::next_refresh(core).await?;
+    Ok([triggers, segments, refresh]
+        .into_iter()
+        .fold(jobs, earliest))
 }
 
 #[cfg(test)]

@@ -117,10 +117,18 @@ async fn reschedule_for(
     }
 }
 
-/// Whether a time trigger's audience includes the contact. Until segments exist, the audience
-/// is every subscribed contact.
-fn in_audience(contact: &Contact) -> bool {
-    contact.subscribed
+/// Whether a time trigger's audience includes the contact: subscribed, and a member of the
+/// schedule's `audience` segment when it names one.
+async fn in_audience(tx: &mut Tx, wf: &Compiled, contact: &Contact) -> Result<bool> {
+    let audience = match &wf.def.trigger {
+        crate::workflow::model::Trigger::Schedule(s) => s.audience.as_deref(),
+        _ => None,
+    };
+    Ok(contact.subscribed
+        && match audience {
+            Some(segment) => tx.is_member(segment, &contact.id).await?,
+            None => true,
+        })
 }
 
 /// Enters `contact` into `wf` for one occurrence of its time trigger.
@@ -188,7 +196,7 @@ pub async fn tick(core: &Core) -> Result<usize> {
             if !tx.advance_trigger_time(row, next.as_ref()).await? {
                 continue;
             }
-            if in_audience(&contact)
+            if in_audience(&mut tx, wf, &contact).await?
                 && tx
                     .record_fire(&row.workflow, &row.contact_id, &row.occurrence, now)
                     .await?
@@ -222,6 +230,10 @@ pub async fn tick(core: &Core) -> Result<usize> {
             fired += 1;
         }
         tx.commit().await?;
+    }
+    fired += crate::segment::membership::sweep(core).await?;
+    if crate::segment::membership::tick_refresh(core).await? {
+        fired += 1;
     }
     if fired > 0 {
         core.wake_scheduler();
@@ -282,7 +294,7 @@ pub async fn run_paging_batch(
     for contact in &contacts {
         if !enrolling {
             reschedule_for(&mut tx, wf, contact, core.settings.default_timezone(), now).await?;
-        } else if in_audience(contact) {
+        } else if in_audience(&mut tx, wf, contact).await? {
             enter_occurrence(&mut tx, core, wf, contact, &occurrence, now).await?;
         }
     }

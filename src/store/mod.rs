@@ -9,6 +9,7 @@ mod jobs;
 mod journeys;
 mod messages;
 pub mod models;
+mod segments;
 mod triggers;
 
 use std::str::FromStr;
@@ -19,6 +20,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
 pub use models::*;
+pub use segments::FactRow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -13,6 +13,9 @@ pub struct Contact {
     pub subscribed: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The computed profile (engagement, purchase, RFM, lifecycle); written by the segment
+    /// engine only.
+    pub profile: Json<Value>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]

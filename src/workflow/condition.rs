@@ -35,7 +35,7 @@ pub fn lookup<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
     })
 }
 
-fn as_number(v: &Value) -> Option<f64> {
+pub fn as_number(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => s.trim().parse().ok(),
@@ -96,7 +96,7 @@ fn in_list(actual: &Value, list: &Value) -> bool {
         .is_some_and(|items| items.iter().any(|i| loosely_equal(actual, i)))
 }
 
-fn all_hold(actual: Option<&Value>, tests: &[Comparison]) -> bool {
+pub fn all_hold(actual: Option<&Value>, tests: &[Comparison]) -> bool {
     tests.iter().all(|t| compare(actual, t))
 }
 
@@ -164,8 +164,7 @@ pub fn evaluate<'a>(
             Condition::Clicked(step) => {
                 message_event(subject, tx, step_key, step, "clicked").await?
             }
-            // Segment membership arrives with the segment engine; until then nobody is a member.
-            Condition::Segment(_) => false,
+            Condition::Segment(name) => tx.is_member(name, subject.contact_id).await?,
             Condition::Property { .. } | Condition::Attribute { .. } => false,
         })
     })
@@ -195,17 +194,22 @@ async fn event_condition(ec: &EventCondition, subject: &Subject<'_>, tx: &mut Tx
     let events = tx
         .contact_events(subject.contact_id, &ec.name, since)
         .await?;
-    let matching = events.iter().filter(|e| {
-        let props = &e.properties.0;
-        let inner = Subject {
-            event: Some(props),
-            ..*subject
-        };
-        ec.filter
-            .iter()
-            .all(|c| evaluate_pure(c, &inner).unwrap_or(false))
-    });
-    Ok(match &ec.measure {
+    Ok(events_hold(
+        ec,
+        events.iter().map(|e| &e.properties.0),
+        subject,
+    ))
+}
+
+/// Whether events already selected by name and time (their properties) satisfy an `event`
+/// condition: its `where` filter, then its count or aggregate.
+pub fn events_hold<'e>(
+    ec: &EventCondition,
+    events: impl Iterator<Item = &'e Value>,
+    subject: &Subject<'_>,
+) -> bool {
+    let matching = events.filter(|props| passes_filter(ec, props, subject));
+    match &ec.measure {
         EventMeasure::Count(tests) => {
             let count = Value::from(matching.count());
             all_hold(Some(&count), tests)
@@ -216,7 +220,7 @@ async fn event_condition(ec: &EventCondition, subject: &Subject<'_>, tx: &mut Tx
             tests,
         } => {
             let values: Vec<f64> = matching
-                .filter_map(|e| lookup(&e.properties.0, property).and_then(as_number))
+                .filter_map(|props| lookup(props, property).and_then(as_number))
                 .collect();
             let aggregate = match function {
                 AggregateFn::Sum => Some(values.iter().sum()),
@@ -228,7 +232,18 @@ async fn event_condition(ec: &EventCondition, subject: &Subject<'_>, tx: &mut Tx
             let aggregate = aggregate.map(Value::from);
             all_hold(aggregate.as_ref(), tests)
         }
-    })
+    }
+}
+
+/// Whether an event's properties pass an `event` condition's `where` filter.
+pub fn passes_filter(ec: &EventCondition, properties: &Value, subject: &Subject<'_>) -> bool {
+    let inner = Subject {
+        event: Some(properties),
+        ..*subject
+    };
+    ec.filter
+        .iter()
+        .all(|c| evaluate_pure(c, &inner).unwrap_or(false))
 }
 
 #[cfg(test)]

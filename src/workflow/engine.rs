@@ -135,10 +135,13 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
                 }
             }
             StepKind::Update { attribute, value } => {
-                if let Some(contact) = tx.get_contact(&journey.contact_id).await? {
+                if let Some(mut contact) = tx.get_contact(&journey.contact_id).await? {
                     let mut attributes = contact.attributes.0.clone();
                     set_path(&mut attributes, attribute, value.clone());
                     tx.set_contact_attributes(&contact.id, &attributes, now)
+                        .await?;
+                    contact.attributes.0 = attributes;
+                    crate::segment::membership::on_contact_changed(&mut tx, core, &contact, now)
                         .await?;
                 }
                 Move::To(node.next.clone())

@@ -11,7 +11,7 @@ pub mod trigger;
 
 use std::collections::HashMap;
 
-use model::{Trigger, Workflow};
+use model::{SegmentTrigger, Trigger, Workflow};
 use program::Program;
 
 /// A loaded workflow with its compiled program.
@@ -53,6 +53,28 @@ impl Workflows {
     pub fn triggered_by<'a>(&'a self, event: &'a str) -> impl Iterator<Item = &'a Compiled> {
         self.iter()
             .filter(move |w| matches!(&w.def.trigger, Trigger::Event(t) if t.event == event))
+    }
+
+    /// Workflows started by a membership change that `event` records (`segment_entered` /
+    /// `segment_exited`), unless the change came from recomputing a new or edited segment.
+    pub fn segment_triggered<'a>(
+        &'a self,
+        event: &'a crate::store::Event,
+    ) -> impl Iterator<Item = &'a Compiled> {
+        let props = &event.properties.0;
+        let segment = props["segment"].as_str().unwrap_or_default();
+        let live = props["cause"] != "recompute";
+        self.iter().filter(move |w| {
+            live && match &w.def.trigger {
+                Trigger::Segment(SegmentTrigger::Entered(s)) => {
+                    event.name == crate::segment::ENTERED && s == segment
+                }
+                Trigger::Segment(SegmentTrigger::Exited(s)) => {
+                    event.name == crate::segment::EXITED && s == segment
+                }
+                _ => false,
+            }
+        })
     }
 
     pub fn len(&self) -> usize {

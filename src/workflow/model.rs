@@ -34,6 +34,26 @@ pub struct Workflow {
     pub source: PathBuf,
 }
 
+/// A segment definition (`segments/<name>.yaml`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentDef {
+    /// Unique name; defaults to the file stem.
+    pub name: String,
+    pub description: Option<String>,
+    /// `match`: the condition a member satisfies.
+    pub matcher: Condition,
+    /// Other segments `match` refers to, with where.
+    pub references: Vec<SegmentRef>,
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentRef {
+    pub name: String,
+    pub line: usize,
+    pub column: usize,
+}
+
 /// A workflow's choice for one `[sending]` setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Override<T> {

@@ -24,8 +24,8 @@ use serde_saphyr::{
 use super::model::{
     AggregateFn, CapOutcome, Category, Comparison, Condition, DateTrigger, Duration,
     EventCondition, EventMatch, EventMeasure, EventTrigger, FrequencyCap, Goal, Op, Override,
-    PolicyOverrides, QuietHours, Reentry, ScheduleTrigger, ScheduleZone, SegmentTrigger, SendSpec,
-    SignedDuration, Step, StepKind, Trigger, Variant, Wait, Workflow,
+    PolicyOverrides, QuietHours, Reentry, ScheduleTrigger, ScheduleZone, SegmentDef, SegmentRef,
+    SegmentTrigger, SendSpec, SignedDuration, Step, StepKind, Trigger, Variant, Wait, Workflow,
 };
 use crate::diagnostic::Diagnostic;
 
@@ -33,6 +33,7 @@ use crate::diagnostic::Diagnostic;
 pub struct Known<'a> {
     pub template: &'a dyn Fn(&str) -> bool,
     pub transport: &'a dyn Fn(&str) -> bool,
+    pub segment: &'a dyn Fn(&str) -> bool,
 }
 
 impl<'a> Known<'a> {
@@ -41,6 +42,7 @@ impl<'a> Known<'a> {
         Known {
             template,
             transport: &|_| true,
+            segment: &|_| true,
         }
     }
 }
@@ -60,6 +62,32 @@ pub fn parse_workflow(
 /// directory holds no workflows. Besides each file's own problems, reports workflow names used
 /// by more than one file, once in each file; only the first file's workflow is returned then.
 pub fn load_dir(dir: &Path, known: &Known<'_>) -> (Vec<Workflow>, Vec<Diagnostic>) {
+    load_files(dir, "workflow", |path, source| parse(path, source, known))
+}
+
+/// Something loaded from one file of a project directory, unique by name.
+trait Named {
+    fn name(&self) -> &str;
+}
+
+impl Named for Workflow {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Named for SegmentDef {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Loads every `*.yaml`/`*.yml` file of `dir` with `parse`, reporting names used twice.
+fn load_files<T: Named>(
+    dir: &Path,
+    what: &str,
+    parse: impl Fn(&Path, &str) -> Result<(T, Option<Location>), Vec<Diagnostic>>,
+) -> (Vec<T>, Vec<Diagnostic>) {
     let mut workflows = Vec::new();
     let mut diagnostics = Vec::new();
     let entries = match std::fs::read_dir(dir) {
@@ -113,16 +141,16 @@ pub fn load_dir(dir: &Path, known: &Known<'_>) -> (Vec<Workflow>, Vec<Diagnostic
                 continue;
             }
         };
-        match parse(&path, &source, known) {
+        match parse(&path, &source) {
             Ok((workflow, name_at)) => {
                 let at = name_at.map(line_column);
-                if let Some(first) = names.get(&workflow.name) {
+                if let Some(first) = names.get(workflow.name()) {
                     // Both files are in `dir`, so the file name says which one.
                     let message = |other: &Path| {
                         let other = other.file_name().unwrap_or_default().to_string_lossy();
                         format!(
-                            "duplicate workflow name `{}`: also used by {other}",
-                            workflow.name
+                            "duplicate {what} name `{}`: also used by {other}",
+                            workflow.name()
                         )
                     };
                     let (line, column) = first.at.unwrap_or((0, 0));
@@ -136,7 +164,7 @@ pub fn load_dir(dir: &Path, known: &Known<'_>) -> (Vec<Workflow>, Vec<Diagnostic
                             .with_source(&source),
                     );
                 } else {
-                    names.insert(workflow.name.clone(), FirstUse { path, source, at });
+                    names.insert(workflow.name().to_owned(), FirstUse { path, source, at });
                     workflows.push(workflow);
                 }
             }
@@ -223,12 +251,26 @@ pub fn parse_time_of_day(s: &str) -> Result<NaiveTime, String> {
     NaiveTime::from_hms_opt(hours, minutes, 0).ok_or_else(invalid)
 }
 
-/// Parses, converts and validates one file; on success also returns where `name` was written.
+/// Parses, converts and validates one workflow file; on success also returns where `name` was
+/// written.
 fn parse(
     path: &Path,
     source: &str,
     known: &Known<'_>,
 ) -> Result<(Workflow, Option<Location>), Vec<Diagnostic>> {
+    parse_with(path, source, known, "invalid workflow", |r, root| {
+        r.workflow(root)
+    })
+}
+
+/// Reads one file's YAML and converts it with `read`, collecting every diagnostic.
+fn parse_with<T>(
+    path: &Path,
+    source: &str,
+    known: &Known<'_>,
+    invalid: &str,
+    read: impl FnOnce(&mut Reader<'_>, &SNode) -> Option<T>,
+) -> Result<T, Vec<Diagnostic>> {
     let root = read_yaml(source).map_err(|(at, message)| {
         let (line, column) = at.map(line_column).unwrap_or((0, 0));
         vec![Diagnostic::new(path, line, column, message).with_source(source)]
@@ -240,16 +282,17 @@ fn parse(
         diagnostics: Vec::new(),
         step_ids: HashMap::new(),
         earlier_sends: HashSet::new(),
+        segment_refs: Vec::new(),
     };
-    let workflow = reader.workflow(&root);
+    let value = read(&mut reader, &root);
     let mut diagnostics = reader.diagnostics;
-    match workflow {
-        Some(workflow) if diagnostics.is_empty() => Ok(workflow),
+    match value {
+        Some(value) if diagnostics.is_empty() => Ok(value),
         _ => {
             if diagnostics.is_empty() {
                 // Every failed conversion records why; this only guards the contract that an
                 // error comes with at least one diagnostic.
-                diagnostics.push(Diagnostic::new(path, 0, 0, "invalid workflow"));
+                diagnostics.push(Diagnostic::new(path, 0, 0, invalid));
             }
             diagnostics.sort_by_key(|d| (d.line, d.column));
             Err(diagnostics
@@ -258,6 +301,27 @@ fn parse(
                 .collect())
         }
     }
+}
+
+/// Parses one segment file (FORMATS.md "Segments"); `known.segment` answers whether a
+/// referenced segment exists.
+pub fn parse_segment(
+    path: &Path,
+    source: &str,
+    known: &Known<'_>,
+) -> Result<SegmentDef, Vec<Diagnostic>> {
+    parse_with(path, source, known, "invalid segment", |r, root| {
+        r.segment(root).map(|(s, _)| s)
+    })
+}
+
+/// Loads every segment file in `dir` like [`load_dir`] loads workflows.
+pub fn load_segments(dir: &Path, known: &Known<'_>) -> (Vec<SegmentDef>, Vec<Diagnostic>) {
+    load_files(dir, "segment", |path, source| {
+        parse_with(path, source, known, "invalid segment", |r, root| {
+            r.segment(root)
+        })
+    })
 }
 
 fn line_column(at: Location) -> (usize, usize) {
@@ -449,6 +513,8 @@ enum Scope {
     NoJourney(&'static str),
     /// The `where` of an `event` condition: filters on each event's own properties.
     EventFilter,
+    /// A segment's `match`: about the contact alone, with no triggering event or journey.
+    Segment,
 }
 
 /// One key/value pair of a mapping.
@@ -486,6 +552,8 @@ struct Reader<'a> {
     step_ids: HashMap<String, Location>,
     /// Ids of `send` steps that run before the step being read, in execution order.
     earlier_sends: HashSet<String>,
+    /// Segments referenced so far, with where (for cycle reports).
+    segment_refs: Vec<(String, Location)>,
 }
 
 impl<'a> Reader<'a> {
@@ -696,6 +764,69 @@ impl<'a> Reader<'a> {
                 Value::Object(object)
             }
         })
+    }
+
+    /// A segment name that must exist.
+    fn segment_ref(&mut self, node: &SNode) -> Option<String> {
+        let name = self.name(node, "the segment name")?;
+        if !(self.known.segment)(&name) {
+            self.error(
+                node.referenced,
+                format!("unknown segment `{name}`: no file in segments/ defines it"),
+            );
+        }
+        self.segment_refs.push((name.clone(), node.referenced));
+        Some(name)
+    }
+
+    // ---- Segment ----
+
+    fn segment(&mut self, root: &SNode) -> Option<(SegmentDef, Option<Location>)> {
+        if matches!(root.value, Node::Null) {
+            self.error(
+                root.referenced,
+                "the file is empty: a segment needs `match`",
+            );
+            return None;
+        }
+        let f = self.fields(root, "a segment", &["name", "description", "match"])?;
+        let name_at = f.get("name").map(|n| n.referenced);
+        let name = match f.get("name") {
+            Some(node) => self.name(node, "`name`"),
+            None => Some(
+                self.file
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+        };
+        let description = f
+            .get("description")
+            .and_then(|n| self.string(n, "`description`"));
+        let matcher = self
+            .required(&f, "match", "the segment")
+            .map(|n| Condition::All(self.condition_list(n, Scope::Segment)));
+        let references = self
+            .segment_refs
+            .iter()
+            .map(|(name, at)| {
+                let (line, column) = line_column(*at);
+                SegmentRef {
+                    name: name.clone(),
+                    line,
+                    column,
+                }
+            })
+            .collect();
+        let segment = SegmentDef {
+            name: name?,
+            description,
+            matcher: matcher?,
+            references,
+            source: self.file.to_path_buf(),
+        };
+        Some((segment, name_at))
     }
 
     // ---- Workflow ----
@@ -942,7 +1073,7 @@ impl<'a> Reader<'a> {
             "segment" => {
                 let g = self.fields(kind.value, "a `segment` trigger", &["entered", "exited"])?;
                 let which = self.one_kind(&g, &["entered", "exited"], "a `segment` trigger")?;
-                let segment = self.name(which.value, "the segment name")?;
+                let segment = self.segment_ref(which.value)?;
                 Some(Trigger::Segment(if which.name == "entered" {
                     SegmentTrigger::Entered(segment)
                 } else {
@@ -999,7 +1130,7 @@ impl<'a> Reader<'a> {
                 }
             }),
         };
-        let audience = g.get("audience").and_then(|n| self.name(n, "`audience`"));
+        let audience = g.get("audience").and_then(|n| self.segment_ref(n));
         Some(ScheduleTrigger {
             cron: cron?,
             timezone: timezone?,
@@ -1343,6 +1474,13 @@ impl<'a> Reader<'a> {
                 );
                 return None;
             }
+            Scope::Segment if matches!(kind, "property" | "opened" | "clicked") => {
+                self.error(
+                    subject.key.referenced,
+                    format!("`{kind}` is not allowed in a segment, which is about the contact alone: use `attribute`, `event` or `segment`"),
+                );
+                return None;
+            }
             Scope::NoJourney(place) if matches!(kind, "opened" | "clicked") => {
                 self.error(
                     subject.key.referenced,
@@ -1403,7 +1541,7 @@ impl<'a> Reader<'a> {
             "event" => self
                 .event_condition(&f, subject, &rest)
                 .map(Condition::Event),
-            "segment" => self.name(value, "the segment name").map(Condition::Segment),
+            "segment" => self.segment_ref(value).map(Condition::Segment),
             "opened" | "clicked" => {
                 let id = self.name(value, &format!("`{kind}`"))?;
                 if matches!(scope, Scope::Journey) && !self.earlier_sends.contains(&id) {

@@ -27,6 +27,13 @@ pub fn contact_view(contact: &Contact) -> Value {
         Value::Object(map) => map.clone(),
         _ => serde_json::Map::new(),
     };
+    if let Value::Object(profile) = &contact.profile.0 {
+        for key in crate::segment::profile::PROFILE_KEYS {
+            if let Some(v) = profile.get(*key) {
+                view.insert((*key).into(), v.clone());
+            }
+        }
+    }
     view.insert("id".into(), json!(contact.id));
     view.insert("email".into(), json!(contact.email));
     view.insert("subscribed".into(), json!(contact.subscribed));
@@ -93,6 +100,19 @@ pub async fn on_event(
     }
     for wf in workflows.triggered_by(&event.name) {
         if let Some(id) = try_enter(tx, wf, contact, &view, event, now, max_attempts).await? {
+            effects.entered.push(id);
+        }
+    }
+    for wf in workflows.segment_triggered(event) {
+        let entry = Entry {
+            contact,
+            view: &view,
+            filter: &[],
+            properties: Some(&event.properties.0),
+            trigger: event_view(event),
+            key: String::new(),
+        };
+        if let Some(id) = enter(tx, wf, entry, now, max_attempts).await? {
             effects.entered.push(id);
         }
     }

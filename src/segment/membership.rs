@@ -1,0 +1,523 @@
+//! Stored membership kept current. An event (or a changed contact) re-evaluates that contact
+//! alone; a sweep re-evaluates only the contacts whose `segment_due` instant has come (a window
+//! running out, an engagement tier lapsing); a paging job recomputes everyone when a definition
+//! changes; a scheduled refresh recomputes the population-wide scores (RFM, high-value
+//! threshold). Each change of membership is stored with its time and emitted as a
+//! `segment_entered` / `segment_exited` event, which starts segment-triggered journeys.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::types::Json;
+
+use super::evaluate::{Fact, Facts, earliest, evaluate_all};
+use super::profile::{Observed, Profile, Purchaser, high_value_threshold, rfm_scores};
+use super::{ENTERED, EXITED};
+use crate::core::Core;
+use crate::store::{Contact, Event, FactRow, Job, Result, Tx, job_status};
+use crate::workflow::engine::Outcome;
+use crate::workflow::timing::{next_cron, parse_cron};
+use crate::workflow::trigger::{contact_view, on_event as journeys_on_event};
+
+/// Contacts per transaction in sweeps and recomputes.
+const BATCH: usize = 500;
+pub const RECOMPUTE_JOB: &str = "segment_recompute";
+pub const REFRESH_JOB: &str = "profile_refresh";
+const THRESHOLD_KEY: &str = "profile.high_value_threshold";
+const REFRESH_AT_KEY: &str = "profile.refresh_next";
+const REFRESHED_KEY: &str = "profile.refreshed_at";
+
+/// Why a contact was re-evaluated; recorded on its membership events as `cause`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A new event or a changed contact.
+    Event,
+    /// Time passed (a window ran out) or population scores changed.
+    Sweep,
+    /// A definition changed and every contact was recomputed. Segment triggers ignore these
+    /// changes, so deploying a new segment does not start journeys for its whole population.
+    Recompute,
+}
+
+impl Cause {
+    fn name(self) -> &'static str {
+        match self {
+            Cause::Event => "event",
+            Cause::Sweep => "sweep",
+            Cause::Recompute => "recompute",
+        }
+    }
+}
+
+/// Applies a stored event to the contact's profile and segments. Returns the contact as it is
+/// now (its profile may have changed), for the journeys the event drives next.
+pub async fn on_event(
+    tx: &mut Tx,
+    core: &Core,
+    contact: &Contact,
+    event: &Event,
+    now: DateTime<Utc>,
+) -> Result<Contact> {
+    let observed = core.profile_rules.observes(&event.name);
+    let read = core.segments.event_names().contains(&event.name);
+    if matches!(event.name.as_str(), ENTERED | EXITED) || !(observed || read) {
+        return Ok(contact.clone());
+    }
+    let mut profile = Profile::from_json(&contact.profile.0);
+    if observed {
+        profile.observe(
+            &Observed {
+                name: &event.name,
+                properties: &event.properties.0,
+                occurred_at: event.occurred_at,
+            },
+            &core.profile_rules,
+        );
+    }
+    refresh(tx, core, contact, profile, now).await
+}
+
+/// Re-evaluates a contact whose attributes changed.
+pub async fn on_contact_changed(
+    tx: &mut Tx,
+    core: &Core,
+    contact: &Contact,
+    now: DateTime<Utc>,
+) -> Result<Contact> {
+    if core.segments.is_empty() {
+        return Ok(contact.clone());
+    }
+    let profile = Profile::from_json(&contact.profile.0);
+    refresh(tx, core, contact, profile, now).await
+}
+
+async fn refresh(
+    tx: &mut Tx,
+    core: &Core,
+    contact: &Contact,
+    profile: Profile,
+    now: DateTime<Utc>,
+) -> Result<Contact> {
+    // Serializes concurrent evaluations of one contact (PostgreSQL), so a change is emitted once.
+    tx.lock_contact(&contact.id).await?;
+    let ids = [contact.id.clone()];
+    let names: Vec<&str> = core
+        .segments
+        .event_names()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let mut facts = group_facts(tx.facts(&ids, &names).await?);
+    let current = current_members(tx, &ids).await?;
+    let state = ContactState {
+        events: facts.remove(&contact.id).unwrap_or_default(),
+        members: current.get(&contact.id).cloned().unwrap_or_default(),
+    };
+    apply(tx, core, contact, profile, &state, Cause::Event, now).await
+}
+
+/// What is stored about one contact that segments read.
+#[derive(Default)]
+struct ContactState {
+    events: HashMap<String, Vec<Fact>>,
+    members: BTreeSet<String>,
+}
+
+fn group_facts(rows: Vec<FactRow>) -> HashMap<String, HashMap<String, Vec<Fact>>> {
+    let mut by_contact: HashMap<String, HashMap<String, Vec<Fact>>> = HashMap::new();
+    for (contact, name, occurred_at, properties) in rows {
+        by_contact
+            .entry(contact)
+            .or_default()
+            .entry(name)
+            .or_default()
+            .push(Fact {
+                occurred_at,
+                properties: properties.0,
+            });
+    }
+    by_contact
+}
+
+async fn current_members(tx: &mut Tx, ids: &[String]) -> Result<HashMap<String, BTreeSet<String>>> {
+    let mut members: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for (contact, segment, _) in tx.memberships(ids).await? {
+        members.entry(contact).or_default().insert(segment);
+    }
+    Ok(members)
+}
+
+/// The high-value threshold in force: the configured amount, or the top share as of the last
+/// refresh.
+async fn threshold(tx: &mut Tx, core: &Core) -> Result<Option<f64>> {
+    if let Some(total) = core.profile_rules.high_value_total {
+        return Ok(Some(total));
+    }
+    Ok(tx
+        .meta(THRESHOLD_KEY)
+        .await?
+        .and_then(|v| v.parse::<f64>().ok()))
+}
+
+/// Settles the profile, evaluates every segment, and stores what changed: the profile, the
+/// memberships (with their events) and the next instant to look again.
+async fn apply(
+    tx: &mut Tx,
+    core: &Core,
+    contact: &Contact,
+    mut profile: Profile,
+    state: &ContactState,
+    cause: Cause,
+    now: DateTime<Utc>,
+) -> Result<Contact> {
+    let rules = &core.profile_rules;
+    let sends = match profile.last_engaged_at {
+        None => tx.sent_count(&contact.id).await?,
+        Some(_) => 0,
+    };
+    let high_value = match profile.purchase.orders {
+        0 => None,
+        _ => threshold(tx, core).await?,
+    };
+    let tier_change = profile.settle(contact.created_at, sends, high_value, now, rules);
+    let mut contact = contact.clone();
+    let stored = profile.to_json();
+    if stored != contact.profile.0 {
+        tx.set_profile(&contact.id, &stored, profile.purchase.orders)
+            .await?;
+        contact.profile = Json(stored);
+    }
+    let view = contact_view(&contact);
+    let evaluation = evaluate_all(
+        &core.segments,
+        &Facts {
+            contact_id: &contact.id,
+            view: &view,
+            events: &state.events,
+        },
+        now,
+    );
+    for segment in evaluation.members.difference(&state.members) {
+        tx.add_member(segment, &contact.id, now).await?;
+        emit(tx, core, &contact, ENTERED, segment, cause, now).await?;
+    }
+    for segment in state.members.difference(&evaluation.members) {
+        tx.remove_member(segment, &contact.id).await?;
+        emit(tx, core, &contact, EXITED, segment, cause, now).await?;
+    }
+    tx.set_segment_due(&contact.id, earliest(evaluation.next_change, tier_change))
+        .await?;
+    Ok(contact)
+}
+
+async fn emit(
+    tx: &mut Tx,
+    core: &Core,
+    contact: &Contact,
+    name: &str,
+    segment: &str,
+    cause: Cause,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let event = Event {
+        id: uuid::Uuid::now_v7().to_string(),
+        contact_id: contact.id.clone(),
+        name: name.to_owned(),
+        properties: Json(json!({ "segment": segment, "cause": cause.name() })),
+        occurred_at: now,
+        received_at: now,
+    };
+    tx.insert_event(&event).await?;
+    if cause != Cause::Recompute {
+        journeys_on_event(tx, &core.workflows, contact, &event, now, core.max_attempts).await?;
+    }
+    Ok(())
+}
+
+/// Re-evaluates `contacts` in one transaction. With `rebuild`, profiles are recomputed from
+/// the stored events instead of taken as stored.
+async fn evaluate_batch(
+    tx: &mut Tx,
+    core: &Core,
+    contacts: &[Contact],
+    rebuild: bool,
+    cause: Cause,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let ids: Vec<String> = contacts.iter().map(|c| c.id.clone()).collect();
+    let mut names: BTreeSet<&str> = core
+        .segments
+        .event_names()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    if rebuild {
+        names.extend(["email_opened", "email_clicked"]);
+        names.insert(&core.profile_rules.order_event);
+        names.extend(core.profile_rules.stages.iter().map(|(n, _)| n.as_str()));
+    }
+    let names: Vec<&str> = names.into_iter().collect();
+    let mut facts = group_facts(tx.facts(&ids, &names).await?);
+    let mut members = current_members(tx, &ids).await?;
+    for contact in contacts {
+        let state = ContactState {
+            events: facts.remove(&contact.id).unwrap_or_default(),
+            members: members.remove(&contact.id).unwrap_or_default(),
+        };
+        let profile = if rebuild {
+            rebuild_profile(core, contact, &state.events)
+        } else {
+            Profile::from_json(&contact.profile.0)
+        };
+        apply(tx, core, contact, profile, &state, cause, now).await?;
+    }
+    Ok(())
+}
+
+/// The profile from the contact's events alone, keeping the population scores last computed.
+fn rebuild_profile(core: &Core, contact: &Contact, events: &HashMap<String, Vec<Fact>>) -> Profile {
+    let stored = Profile::from_json(&contact.profile.0);
+    let mut profile = Profile {
+        rfm: stored.rfm,
+        ..Profile::default()
+    };
+    for (name, facts) in events {
+        for f in facts {
+            profile.observe(
+                &Observed {
+                    name,
+                    properties: &f.properties,
+                    occurred_at: f.occurred_at,
+                },
+                &core.profile_rules,
+            );
+        }
+    }
+    profile
+}
+
+/// Re-evaluates every contact whose due instant has come. Returns how many were looked at.
+pub async fn sweep(core: &Core) -> Result<usize> {
+    let mut seen = 0;
+    loop {
+        let now = core.clock.now();
+        let due = core.store.due_segment_contacts(now, BATCH as i64).await?;
+        if due.is_empty() {
+            return Ok(seen);
+        }
+        seen += due.len();
+        let mut tx = core.store.write().await?;
+        let mut contacts = Vec::with_capacity(due.len());
+        for id in &due {
+            tx.lock_contact(id).await?;
+            match tx.get_contact(id).await? {
+                Some(c) => contacts.push(c),
+                None => tx.set_segment_due(id, None).await?,
+            }
+        }
+        evaluate_batch(&mut tx, core, &contacts, false, Cause::Sweep, now).await?;
+        tx.commit().await?;
+    }
+}
+
+fn job(kind: &str, now: DateTime<Utc>, max_attempts: i64) -> Job {
+    Job {
+        id: uuid::Uuid::now_v7().to_string(),
+        kind: kind.to_owned(),
+        journey_id: None,
+        payload: Json(json!({ "cursor": "" })),
+        status: job_status::QUEUED.to_owned(),
+        run_at: now,
+        attempts: 0,
+        max_attempts,
+        locked_by: None,
+        locked_until: None,
+        last_error: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Brings stored segment state in line with the loaded definitions: a new or changed segment
+/// (or profile rules) queues a recompute of every contact; removed segments are forgotten.
+pub async fn sync_definitions(core: &Core) -> Result<()> {
+    let now = core.clock.now();
+    let mut tx = core.store.write().await?;
+    let mut changed = false;
+    let mut names = Vec::new();
+    for def in core.segments.iter() {
+        names.push(def.name.clone());
+        changed |= tx
+            .claim_segment_spec(&def.name, &core.segments.spec(&def.name), now)
+            .await?;
+    }
+    // The profile rules are stored like a segment, so changing them recomputes profiles.
+    let rules = format!("{:?}", core.profile_rules);
+    names.push("(profile)".to_owned());
+    changed |= tx.claim_segment_spec("(profile)", &rules, now).await?;
+    changed |= tx.retain_segment_specs(&names).await?;
+    if changed {
+        tx.insert_job(&job(RECOMPUTE_JOB, now, core.max_attempts))
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Queues the population refresh when its cron tick is due; the tick advances by
+/// compare-and-set, so one node queues it.
+pub async fn tick_refresh(core: &Core) -> Result<bool> {
+    let now = core.clock.now();
+    let Ok(cron) = parse_cron(&core.profile_rules.refresh) else {
+        return Ok(false);
+    };
+    let mut tx = core.store.write().await?;
+    let stored = tx.meta(REFRESH_AT_KEY).await?;
+    let due = stored
+        .as_deref()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let queued = match due {
+        Some(at) if at > now => false,
+        _ => {
+            let next = next_cron(&cron, chrono_tz::UTC, now).unwrap_or(now);
+            let won = tx
+                .advance_meta(REFRESH_AT_KEY, stored.as_deref(), &next.to_rfc3339())
+                .await?;
+            // The first tick only schedules; later ones refresh.
+            if won && due.is_some() {
+                tx.insert_job(&job(REFRESH_JOB, now, core.max_attempts))
+                    .await?;
+            }
+            won && due.is_some()
+        }
+    };
+    tx.commit().await?;
+    Ok(queued)
+}
+
+/// When the population refresh is next due.
+pub async fn next_refresh(core: &Core) -> Result<Option<DateTime<Utc>>> {
+    let mut tx = core.store.read().await?;
+    let stored = tx.meta(REFRESH_AT_KEY).await?;
+    tx.commit().await?;
+    Ok(stored
+        .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+        .map(|t| t.with_timezone(&Utc)))
+}
+
+/// Runs a recompute or refresh job.
+pub async fn run_job(core: &Core, job: &Job) -> Result<Outcome> {
+    match job.kind.as_str() {
+        RECOMPUTE_JOB => recompute(core, job).await,
+        _ => refresh_population(core, job).await,
+    }
+}
+
+/// Recomputes every contact's profile and memberships, one batch per transaction with the
+/// cursor stored alongside, then queues a population refresh.
+async fn recompute(core: &Core, job: &Job) -> Result<Outcome> {
+    let mut payload = job.payload.0.clone();
+    loop {
+        let now = core.clock.now();
+        let cursor = payload["cursor"].as_str().unwrap_or_default().to_owned();
+        let mut tx = core.store.write().await?;
+        let contacts = tx.contacts_after(&cursor, BATCH as i64, false).await?;
+        evaluate_batch(&mut tx, core, &contacts, true, Cause::Recompute, now).await?;
+        if let Some(last) = contacts.last() {
+            payload["cursor"] = json!(last.id);
+        }
+        let done = contacts.len() < BATCH;
+        if !tx
+            .renew_job(&job.id, &core.worker_id, now + core.lease, &payload)
+            .await?
+        {
+            tx.rollback().await?;
+            return Ok(Outcome::LeaseLost);
+        }
+        if done {
+            tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
+                .await?;
+            tx.insert_job(&self::job(REFRESH_JOB, now, core.max_attempts))
+                .await?;
+            tx.commit().await?;
+            core.wake_scheduler();
+            return Ok(Outcome::Done);
+        }
+        tx.commit().await?;
+    }
+}
+
+/// Recomputes RFM scores and the high-value threshold over all purchasers, stores the profiles
+/// that changed and marks those contacts due, so the sweep re-evaluates their segments. Also
+/// marks contacts who received mail since the last refresh and never engaged, for dormancy.
+async fn refresh_population(core: &Core, job: &Job) -> Result<Outcome> {
+    let now = core.clock.now();
+    let mut profiles: Vec<(String, Value)> = Vec::new();
+    let mut cursor = String::new();
+    let mut tx = core.store.read().await?;
+    loop {
+        let page = tx.purchasers_after(&cursor, 5000).await?;
+        let Some(last) = page.last() else { break };
+        cursor = last.0.clone();
+        profiles.extend(page.into_iter().map(|(id, p)| (id, p.0)));
+    }
+    tx.commit().await?;
+    let purchasers: Vec<Purchaser> = profiles
+        .iter()
+        .filter_map(|(id, p)| {
+            let profile = Profile::from_json(p);
+            Some(Purchaser {
+                contact_id: id.clone(),
+                last_order_at: profile.purchase.last_order_at?,
+                orders: profile.purchase.orders,
+                total: profile.purchase.total,
+            })
+        })
+        .collect();
+    let scores = rfm_scores(&purchasers);
+    let mut totals: Vec<f64> = purchasers.iter().map(|p| p.total).collect();
+    let threshold = core
+        .profile_rules
+        .high_value_total
+        .or_else(|| high_value_threshold(&mut totals, core.profile_rules.high_value_share));
+    let stored: HashMap<&str, &Value> = profiles.iter().map(|(id, p)| (id.as_str(), p)).collect();
+    let mut changed = Vec::new();
+    for (p, rfm) in purchasers.iter().zip(scores) {
+        let Some(old) = stored.get(p.contact_id.as_str()) else {
+            continue;
+        };
+        let mut profile = Profile::from_json(old);
+        profile.rfm = Some(rfm);
+        profile.purchase.tier = super::profile::purchase_tier(&profile.purchase, threshold);
+        let new = profile.to_json();
+        if &new != *old {
+            changed.push((p.contact_id.clone(), new, profile.purchase.orders));
+        }
+    }
+    for chunk in changed.chunks(BATCH) {
+        let mut tx = core.store.write().await?;
+        for (id, profile, orders) in chunk {
+            tx.set_profile(id, profile, *orders).await?;
+            tx.set_segment_due(id, Some(now)).await?;
+        }
+        tx.commit().await?;
+    }
+    let mut tx = core.store.write().await?;
+    if let Some(t) = threshold {
+        tx.set_meta(THRESHOLD_KEY, &t.to_string()).await?;
+    }
+    let since = tx
+        .meta(REFRESHED_KEY)
+        .await?
+        .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+        .map_or(DateTime::<Utc>::MIN_UTC, |t| t.with_timezone(&Utc));
+    tx.mark_unengaged_recipients_due(since, now).await?;
+    tx.set_meta(REFRESHED_KEY, &now.to_rfc3339()).await?;
+    tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
+        .await?;
+    tx.commit().await?;
+    core.wake_scheduler();
+    Ok(Outcome::Done)
+}

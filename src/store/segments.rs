@@ -1,0 +1,356 @@
+//! Segment membership, the per-contact instant a membership can next change, computed
+//! profiles, and segment definitions as last computed.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+
+use super::{Result, Store, Tx, on_conn};
+
+/// One stored event as segment evaluation reads it: (contact, name, time, properties).
+pub type FactRow = (String, String, DateTime<Utc>, Json<Value>);
+
+/// `$first, $first+1, …` placeholders for `n` bound values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Tx {
+    pub async fn is_member(&mut self, segment: &str, contact_id: &str) -> Result<bool> {
+        let row: Option<(i64,)> = on_conn!(self, c => {
+            sqlx::query_as("SELECT 1 FROM segment_members WHERE segment = $1 AND contact_id = $2")
+                .bind(segment)
+                .bind(contact_id)
+                .fetch_optional(c)
+                .await?
+        });
+        Ok(row.is_some())
+    }
+
+    /// The contacts' current memberships: (contact, segment, entered_at).
+    pub async fn memberships(
+        &mut self,
+        contact_ids: &[String],
+    ) -> Result<Vec<(String, String, DateTime<Utc>)>> {
+        if contact_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT contact_id, segment, entered_at FROM segment_members WHERE contact_id IN ({})
+             ORDER BY contact_id, segment",
+            placeholders(1, contact_ids.len())
+        );
+        Ok(on_conn!(self, c => {
+            // Only numbered placeholders are spliced in; every value is bound.
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+            for id in contact_ids {
+                q = q.bind(id);
+            }
+            q.fetch_all(c).await?
+        }))
+    }
+
+    /// The contacts' events with one of `names`, oldest first per contact.
+    pub async fn facts(&mut self, contact_ids: &[String], names: &[&str]) -> Result<Vec<FactRow>> {
+        if contact_ids.is_empty() || names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT contact_id, name, occurred_at, properties FROM events
+             WHERE contact_id IN ({}) AND name IN ({}) ORDER BY contact_id, occurred_at",
+            placeholders(1, contact_ids.len()),
+            placeholders(1 + contact_ids.len(), names.len())
+        );
+        Ok(on_conn!(self, c => {
+            // Only numbered placeholders are spliced in; every value is bound.
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+            for id in contact_ids {
+                q = q.bind(id);
+            }
+            for name in names {
+                q = q.bind(*name);
+            }
+            q.fetch_all(c).await?
+        }))
+    }
+
+    pub async fn add_member(
+        &mut self,
+        segment: &str,
+        contact_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        on_conn!(self, c => {
+            sqlx::query(
+                "INSERT INTO segment_members (segment, contact_id, entered_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (segment, contact_id) DO NOTHING",
+            )
+            .bind(segment)
+            .bind(contact_id)
+            .bind(now)
+            .execute(c)
+            .await?;
+        });
+        Ok(())
+    }
+
+    pub async fn remove_member(&mut self, segment: &str, contact_id: &str) -> Result<()> {
+        on_conn!(self, c => {
+            sqlx::query("DELETE FROM segment_members WHERE segment = $1 AND contact_id = $2")
+                .bind(segment)
+                .bind(contact_id)
+                .execute(c)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Stores a contact's computed profile; `orders` is kept beside it for RFM ranking.
+    pub async fn set_profile(
+        &mut self,
+        contact_id: &str,
+        profile: &Value,
+        orders: i64,
+    ) -> Result<()> {
+        on_conn!(self, c => {
+            sqlx::query("UPDATE contacts SET profile = $2, orders = $3 WHERE id = $1")
+                .bind(contact_id)
+                .bind(Json(profile))
+                .bind(orders)
+                .execute(c)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// When the contact's segments or profile next need a look without a new event.
+    pub async fn set_segment_due(
+        &mut self,
+        contact_id: &str,
+        due_at: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        on_conn!(self, c => {
+            match due_at {
+                Some(at) => sqlx::query(
+                    "INSERT INTO segment_due (contact_id, due_at) VALUES ($1, $2)
+                     ON CONFLICT (contact_id) DO UPDATE SET due_at = excluded.due_at",
+                )
+                .bind(contact_id)
+                .bind(at)
+                .execute(c)
+                .await?,
+                None => sqlx::query("DELETE FROM segment_due WHERE contact_id = $1")
+                    .bind(contact_id)
+                    .execute(c)
+                    .await?,
+            };
+        });
+        Ok(())
+    }
+
+    /// Messages handed to a transport for the contact (for "never engaged after N sends").
+    pub async fn sent_count(&mut self, contact_id: &str) -> Result<i64> {
+        let (n,): (i64,) = on_conn!(self, c => {
+            sqlx::query_as(
+                "SELECT COUNT(*) FROM messages WHERE contact_id = $1 AND status IN ('sent', 'unknown')",
+            )
+            .bind(contact_id)
+            .fetch_one(c)
+            .await?
+        });
+        Ok(n)
+    }
+
+    /// Marks every contact who received a message since `since` and never engaged as due, so
+    /// the sweep can declare them dormant after enough unanswered sends.
+    pub async fn mark_unengaged_recipients_due(
+        &mut self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        Ok(on_conn!(self, c => {
+            sqlx::query(
+                "INSERT INTO segment_due (contact_id, due_at)
+                 SELECT DISTINCT m.contact_id, $2 FROM messages m
+                 WHERE m.created_at >= $1 AND m.status IN ('sent', 'unknown')
+                 ON CONFLICT (contact_id) DO UPDATE SET due_at = excluded.due_at",
+            )
+            .bind(since)
+            .bind(now)
+            .execute(c)
+            .await?
+            .rows_affected()
+        }))
+    }
+
+    /// Stores a segment's definition; true when it is new or changed. Only one of several
+    /// racing nodes sees true.
+    pub async fn claim_segment_spec(
+        &mut self,
+        segment: &str,
+        spec: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let n = on_conn!(self, c => {
+            sqlx::query(
+                "INSERT INTO segment_specs (segment, spec, updated_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (segment) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at
+                 WHERE segment_specs.spec <> excluded.spec",
+            )
+            .bind(segment)
+            .bind(spec)
+            .bind(now)
+            .execute(c)
+            .await?
+            .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Forgets segments that no longer exist, with their members. Answers whether any were.
+    pub async fn retain_segment_specs(&mut self, segments: &[String]) -> Result<bool> {
+        let stored: Vec<(String,)> = on_conn!(self, c => {
+            sqlx::query_as("SELECT segment FROM segment_specs").fetch_all(c).await?
+        });
+        let mut removed = false;
+        for (name,) in stored.into_iter().filter(|(n,)| !segments.contains(n)) {
+            removed = true;
+            on_conn!(self, c => {
+                sqlx::query("DELETE FROM segment_specs WHERE segment = $1").bind(&name).execute(&mut *c).await?;
+                sqlx::query("DELETE FROM segment_members WHERE segment = $1").bind(&name).execute(&mut *c).await?;
+            });
+        }
+        Ok(removed)
+    }
+
+    pub async fn meta(&mut self, key: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> = on_conn!(self, c => {
+            sqlx::query_as("SELECT value FROM meta WHERE key = $1").bind(key).fetch_optional(c).await?
+        });
+        Ok(row.map(|r| r.0))
+    }
+
+    pub async fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
+        on_conn!(self, c => {
+            sqlx::query(
+                "INSERT INTO meta (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(key)
+            .bind(value)
+            .execute(c)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Moves `key` from `from` (or absent) to `to`; false when another node moved it first.
+    pub async fn advance_meta(&mut self, key: &str, from: Option<&str>, to: &str) -> Result<bool> {
+        let n = on_conn!(self, c => {
+            match from {
+                Some(from) => sqlx::query("UPDATE meta SET value = $3 WHERE key = $1 AND value = $2")
+                    .bind(key)
+                    .bind(from)
+                    .bind(to)
+                    .execute(c)
+                    .await?
+                    .rows_affected(),
+                None => sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+                    .bind(key)
+                    .bind(to)
+                    .execute(c)
+                    .await?
+                    .rows_affected(),
+            }
+        });
+        Ok(n == 1)
+    }
+
+    /// Purchasers after `cursor` by id: (id, stored profile).
+    pub async fn purchasers_after(
+        &mut self,
+        cursor: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, Json<Value>)>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as(
+                "SELECT id, profile FROM contacts WHERE orders > 0 AND id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind(cursor)
+            .bind(limit)
+            .fetch_all(c)
+            .await?
+        }))
+    }
+}
+
+impl Store {
+    /// Contacts whose memberships or profile are due for a look, earliest first.
+    pub async fn due_segment_contacts(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<String>> {
+        let mut tx = self.read().await?;
+        let rows: Vec<(String,)> = on_conn!(&mut tx, c => {
+            sqlx::query_as(
+                "SELECT contact_id FROM segment_due WHERE due_at <= $1 ORDER BY due_at LIMIT $2",
+            )
+            .bind(now)
+            .bind(limit)
+            .fetch_all(c)
+            .await?
+        });
+        tx.commit().await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// The earliest instant a membership can change by time, for the scheduler's sleep.
+    pub async fn next_segment_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let mut tx = self.read().await?;
+        let (at,): (Option<DateTime<Utc>>,) = on_conn!(&mut tx, c => {
+            sqlx::query_as("SELECT MIN(due_at) FROM segment_due").fetch_one(c).await?
+        });
+        tx.commit().await?;
+        Ok(at)
+    }
+
+    /// Members per segment.
+    pub async fn segment_sizes(&self) -> Result<Vec<(String, i64)>> {
+        let mut tx = self.read().await?;
+        let rows = on_conn!(&mut tx, c => {
+            sqlx::query_as("SELECT segment, COUNT(*) FROM segment_members GROUP BY segment")
+                .fetch_all(c)
+                .await?
+        });
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    /// A page of a segment's members after `cursor` (a contact id): (id, email, entered_at).
+    pub async fn segment_members(
+        &self,
+        segment: &str,
+        cursor: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, String, DateTime<Utc>)>> {
+        let mut tx = self.read().await?;
+        let rows = on_conn!(&mut tx, c => {
+            sqlx::query_as(
+                "SELECT m.contact_id, c.email, m.entered_at FROM segment_members m
+                 JOIN contacts c ON c.id = m.contact_id
+                 WHERE m.segment = $1 AND m.contact_id > $2 ORDER BY m.contact_id LIMIT $3",
+            )
+            .bind(segment)
+            .bind(cursor)
+            .bind(limit)
+            .fetch_all(c)
+            .await?
+        });
+        tx.commit().await?;
+        Ok(rows)
+    }
+}
