@@ -512,7 +512,7 @@ async fn refresh_population(core: &Core, job: &Job) -> Result<Outcome> {
         .meta(REFRESHED_KEY)
         .await?
         .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-        .map_or(DateTime::<Utc>::MIN_UTC, |t| t.with_timezone(&Utc));
+        .map_or(DateTime::<Utc>::UNIX_EPOCH, |t| t.with_timezone(&Utc));
     tx.mark_unengaged_recipients_due(since, now).await?;
     tx.set_meta(REFRESHED_KEY, &now.to_rfc3339()).await?;
     tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)

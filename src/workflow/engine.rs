@@ -146,6 +146,14 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
                 }
                 Move::To(node.next.clone())
             }
+            StepKind::Suppress { reason } => {
+                if let Some(contact) = tx.get_contact(&journey.contact_id).await? {
+                    let detail = format!("workflow {}", journey.workflow);
+                    tx.suppress(&contact.email, reason, Some(&detail), now)
+                        .await?;
+                }
+                Move::To(node.next.clone())
+            }
             StepKind::Exit => Move::End(journey_status::COMPLETED, "exit step".to_owned()),
             StepKind::Send(spec) => {
                 // The send pipeline manages its own short transactions around the network call.

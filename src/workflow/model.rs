@@ -204,6 +204,11 @@ pub enum StepKind {
         attribute: String,
         value: Value,
     },
+    /// Suppresses the contact's address (`suppress: sunset`), e.g. after a failed
+    /// re-engagement attempt; `DELETE /v1/suppressions/{email}` lifts it.
+    Suppress {
+        reason: String,
+    },
     Exit,
 }
 

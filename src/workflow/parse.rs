@@ -476,10 +476,10 @@ const WORKFLOW_KEYS: &[&str] = &[
 const TRIGGER_KINDS: &[&str] = &["event", "segment", "date", "schedule"];
 const TRIGGER_KEYS: &[&str] = &["event", "where", "key", "segment", "date", "schedule"];
 const STEP_KINDS: &[&str] = &[
-    "wait", "wait_for", "send", "branch", "split", "update", "exit",
+    "wait", "wait_for", "send", "branch", "split", "update", "suppress", "exit",
 ];
 const STEP_KEYS: &[&str] = &[
-    "id", "wait", "wait_for", "send", "branch", "split", "update", "exit",
+    "id", "wait", "wait_for", "send", "branch", "split", "update", "suppress", "exit",
 ];
 const SUBJECTS: &[&str] = &[
     "property",
@@ -1192,6 +1192,9 @@ impl<'a> Reader<'a> {
             "branch" => self.branch(value),
             "split" => self.split(value).map(StepKind::Split),
             "update" => self.update(value),
+            "suppress" => self
+                .name(value, "`suppress` (the reason recorded)")
+                .map(|reason| StepKind::Suppress { reason }),
             _ => {
                 if !matches!(value.value, Node::Null) {
                     self.error(value.referenced, "`exit` takes no value: write `- exit`");
@@ -2445,7 +2448,7 @@ steps:
             "unknown-field.yaml",
             include_str!("../../tests/fixtures/workflows/invalid/unknown-field.yaml"),
             &[
-                "7:5: unknown field `delay`, expected one of `id`, `wait`, `wait_for`, `send`, `branch`, `split`, `update`, `exit`",
+                "7:5: unknown field `delay`, expected one of `id`, `wait`, `wait_for`, `send`, `branch`, `split`, `update`, `suppress`, `exit`",
             ],
         ),
         (
@@ -2475,7 +2478,7 @@ steps:
             "two-kinds.yaml",
             include_str!("../../tests/fixtures/workflows/invalid/two-kinds.yaml"),
             &[
-                "4:5: a step must have exactly one of `wait`, `wait_for`, `send`, `branch`, `split`, `update`, `exit`; found `wait` and `send`",
+                "4:5: a step must have exactly one of `wait`, `wait_for`, `send`, `branch`, `split`, `update`, `suppress`, `exit`; found `wait` and `send`",
             ],
         ),
         (
@@ -2567,7 +2570,7 @@ steps:
         };
         assert_eq!(
             problems[0].to_string(),
-            "unknown-field.yaml:7:5: unknown field `delay`, expected one of `id`, `wait`, `wait_for`, `send`, `branch`, `split`, `update`, `exit`\n    |\n  7 |   - delay: 1h\n    |     ^"
+            "unknown-field.yaml:7:5: unknown field `delay`, expected one of `id`, `wait`, `wait_for`, `send`, `branch`, `split`, `update`, `suppress`, `exit`\n    |\n  7 |   - delay: 1h\n    |     ^"
         );
     }
 
@@ -2648,13 +2651,13 @@ steps:
             (
                 "trigger: { event: x }\nsteps: [wait]\n",
                 &[
-                    "2:9: a step is `exit` or a mapping with one of `wait`, `wait_for`, `send`, `branch`, `split`, `update`, `exit`; found `wait`",
+                    "2:9: a step is `exit` or a mapping with one of `wait`, `wait_for`, `send`, `branch`, `split`, `update`, `suppress`, `exit`; found `wait`",
                 ],
             ),
             (
                 "trigger: { event: x }\nsteps: [ { id: a } ]\n",
                 &[
-                    "2:10: a step needs one of `wait`, `wait_for`, `send`, `branch`, `split`, `update`, `exit`",
+                    "2:10: a step needs one of `wait`, `wait_for`, `send`, `branch`, `split`, `update`, `suppress`, `exit`",
                 ],
             ),
             (

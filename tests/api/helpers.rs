@@ -95,10 +95,10 @@ impl TestDb {
     }
 }
 
-/// Copies the repo's example workflows and templates into `dir`.
+/// Copies the repo's example workflows, segments and templates into `dir`.
 pub fn copy_examples(dir: &Path) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for sub in ["workflows", "templates"] {
+    for sub in ["workflows", "segments", "templates"] {
         copy_dir(&root.join(sub), &dir.join(sub));
     }
 }
