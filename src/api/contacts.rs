@@ -57,10 +57,16 @@ pub async fn show(
     let open_jobs = tx.contact_open_jobs(&id).await?;
     let messages = tx.contact_messages(&id, HISTORY_LIMIT).await?;
     let suppression = tx.suppression(&contact.email).await?;
+    let segments: Vec<Value> = tx
+        .memberships(std::slice::from_ref(&id))
+        .await?
+        .into_iter()
+        .map(|(_, segment, entered_at)| json!({ "name": segment, "entered_at": entered_at }))
+        .collect();
     tx.commit().await?;
     Ok(Json(json!({
         "contact": contact,
-        "segments": [],
+        "segments": segments,
         "suppression": suppression,
         "journeys": journeys.iter().map(|j| {
             let job = open_jobs.iter().find(|job| job.journey_id.as_deref() == Some(&j.id));

@@ -5,6 +5,7 @@ mod contacts;
 mod error;
 mod events;
 mod messages;
+mod segments;
 mod suppressions;
 mod webhooks;
 
@@ -33,6 +34,8 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/events/batch", post(events::ingest_batch))
         .route("/jobs", get(events::jobs))
         .route("/messages/{id}", get(messages::show))
+        .route("/segments", get(segments::list))
+        .route("/segments/{name}/members", get(segments::members))
         .route(
             "/suppressions",
             get(suppressions::list).post(suppressions::add),

@@ -7,6 +7,7 @@ mod bench_transport;
 mod cron;
 mod migrate;
 mod preview;
+mod segments;
 mod serve;
 mod validate;
 
@@ -49,8 +50,10 @@ enum Command {
     Migrate,
     /// Print the next fire instants (UTC) of a cron expression.
     Cron(cron::Args),
-    /// Check workflows and templates; exit 1 on any problem.
+    /// Check workflows, segments and templates; exit 1 on any problem.
     Validate,
+    /// Show each segment with its current number of members.
+    Segments,
     /// Render a template with sample data (or the given contact/event JSON).
     Preview(preview::Args),
     /// Measure end-to-end throughput.
@@ -89,6 +92,7 @@ pub fn main() -> ExitCode {
             Command::Cron(args) => cron::run(args),
             Command::Migrate => migrate::run(&cli.dir, cli.config.as_deref()).await,
             Command::Validate => validate::run(&cli.dir, cli.config.as_deref()),
+            Command::Segments => segments::run(&cli.dir, cli.config.as_deref()).await,
             Command::Preview(args) => preview::run(&cli.dir, args),
             Command::Bench(args) => bench::run(args).await,
         }

@@ -20,8 +20,8 @@ fn placeholders(first: usize, n: usize) -> String {
 
 impl Tx {
     pub async fn is_member(&mut self, segment: &str, contact_id: &str) -> Result<bool> {
-        let row: Option<(i64,)> = on_conn!(self, c => {
-            sqlx::query_as("SELECT 1 FROM segment_members WHERE segment = $1 AND contact_id = $2")
+        let row: Option<(String,)> = on_conn!(self, c => {
+            sqlx::query_as("SELECT segment FROM segment_members WHERE segment = $1 AND contact_id = $2")
                 .bind(segment)
                 .bind(contact_id)
                 .fetch_optional(c)

@@ -8,5 +8,6 @@ mod durability;
 mod feedback;
 mod journeys;
 mod providers;
+mod segments;
 mod timing;
 mod validation;

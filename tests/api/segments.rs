@@ -1,0 +1,279 @@
+//! Segments end to end: membership follows events and the clock, membership changes start
+//! segment-triggered journeys once per transition, the computed profile ignores machine opens,
+//! and the API shows sizes, members and a contact's segments.
+
+use chrono::TimeDelta;
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::helpers::{Db, Options, TestApp, subjects};
+
+/// The examples without the seasonal campaign, whose December send would add mail to long
+/// clock jumps.
+async fn app(db: Db) -> TestApp {
+    TestApp::spawn_with(db, Options::default(), |dir| {
+        std::fs::remove_file(dir.join("workflows/holiday-gift-guide.yaml")).expect("remove");
+    })
+    .await
+}
+
+async fn segments_of(app: &TestApp, contact: &str) -> Vec<String> {
+    let (status, body) = app.get(&format!("/v1/contacts/{contact}")).await;
+    assert_eq!(status, 200, "{body}");
+    body["segments"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .filter_map(|m| m["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn profile_of(app: &TestApp, contact: &str) -> Value {
+    let (_, body) = app.get(&format!("/v1/contacts/{contact}")).await;
+    body["contact"]["profile"].clone()
+}
+
+async fn size_of(app: &TestApp, segment: &str) -> i64 {
+    let (status, body) = app.get("/v1/segments").await;
+    assert_eq!(status, 200, "{body}");
+    body["segments"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == segment))
+        .and_then(|s| s["size"].as_i64())
+        .unwrap_or_else(|| panic!("no segment {segment} in {body}"))
+}
+
+async fn membership_events(app: &TestApp, contact: &str) -> Vec<String> {
+    let mut tx = app.core.store.read().await.expect("read");
+    let mut names = Vec::new();
+    for kind in ["segment_entered", "segment_exited"] {
+        for e in tx
+            .contact_events(contact, kind, None)
+            .await
+            .expect("events")
+        {
+            names.push(format!(
+                "{} {} {}",
+                e.occurred_at.format("%m-%d"),
+                kind,
+                e.properties.0["segment"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+    tx.commit().await.expect("commit");
+    names.sort();
+    names
+}
+
+async fn events_update_membership_and_the_api_shows_it(db: Db) {
+    let app = app(db).await;
+    app.run_due().await;
+    app.contact("c-1", "ana@example.com", json!({"country": "US"}))
+        .await;
+    app.contact("c-2", "bo@example.com", json!({})).await;
+    assert!(
+        segments_of(&app, "c-1")
+            .await
+            .contains(&"engaged".to_owned())
+    );
+    app.event("c-1", "order_placed", json!({"total": 300}))
+        .await;
+    let one = segments_of(&app, "c-1").await;
+    assert!(one.contains(&"first-time-buyers".to_owned()), "{one:?}");
+    assert!(!one.contains(&"repeat-customers".to_owned()));
+    app.event("c-1", "order_placed", json!({"total": 250}))
+        .await;
+    let two = segments_of(&app, "c-1").await;
+    assert!(two.contains(&"repeat-customers".to_owned()), "{two:?}");
+    assert!(
+        two.contains(&"big-spenders".to_owned()),
+        "sum 550 ≥ 500: {two:?}"
+    );
+    assert!(!two.contains(&"first-time-buyers".to_owned()));
+    let profile = profile_of(&app, "c-1").await;
+    assert_eq!(profile["purchase"]["orders"], 2, "{profile}");
+    assert_eq!(profile["purchase"]["total"], 550.0);
+    assert_eq!(profile["purchase"]["tier"], "repeat");
+    assert_eq!(profile["lifecycle"], "retention");
+    assert_eq!(size_of(&app, "repeat-customers").await, 1);
+    assert_eq!(size_of(&app, "engaged").await, 2);
+
+    let (status, page) = app.get("/v1/segments/engaged/members?limit=1").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["members"][0]["contact_id"], "c-1");
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let (_, page) = app
+        .get(&format!(
+            "/v1/segments/engaged/members?limit=1&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(page["members"][0]["contact_id"], "c-2");
+    let (status, body) = app.get("/v1/segments/nope/members").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "segment_not_found");
+    app.finish().await;
+}
+both_backends!(events_update_membership_and_the_api_shows_it);
+
+async fn a_window_running_out_moves_the_contact_out(db: Db) {
+    let app = app(db).await;
+    app.run_due().await;
+    app.contact("c-1", "ana@example.com", json!({})).await;
+    app.event(
+        "c-1",
+        "cart_updated",
+        json!({"cart_id": "k1", "item_count": 2}),
+    )
+    .await;
+    assert!(
+        segments_of(&app, "c-1")
+            .await
+            .contains(&"cart-abandoners".to_owned())
+    );
+    app.advance(TimeDelta::days(6)).await;
+    assert!(
+        segments_of(&app, "c-1")
+            .await
+            .contains(&"cart-abandoners".to_owned())
+    );
+    app.advance(TimeDelta::days(1) + TimeDelta::seconds(1))
+        .await;
+    assert!(
+        !segments_of(&app, "c-1")
+            .await
+            .contains(&"cart-abandoners".to_owned()),
+        "seven days after the cart, the sweep took the contact out"
+    );
+    let changes = membership_events(&app, "c-1").await;
+    assert!(
+        changes.contains(&"11-09 segment_exited cart-abandoners".to_owned()),
+        "{changes:?}"
+    );
+    app.finish().await;
+}
+both_backends!(a_window_running_out_moves_the_contact_out);
+
+/// win-back starts when a customer enters lapsed-customers: once per transition, again only
+/// after leaving and lapsing anew.
+async fn entering_a_segment_starts_its_workflow_once_per_transition(db: Db) {
+    let app = app(db).await;
+    app.run_due().await;
+    app.contact("c-1", "ana@example.com", json!({"first_name": "Ana"}))
+        .await;
+    app.event("c-1", "order_placed", json!({"total": 40})).await;
+    app.advance(TimeDelta::days(90)).await;
+    assert!(
+        !segments_of(&app, "c-1")
+            .await
+            .contains(&"lapsed-customers".to_owned())
+    );
+    app.advance(TimeDelta::hours(1)).await;
+    assert!(
+        segments_of(&app, "c-1")
+            .await
+            .contains(&"lapsed-customers".to_owned())
+    );
+    app.advance(TimeDelta::days(1)).await; // the win-back mail waits for 10:00
+    let winbacks = |app: &TestApp| {
+        subjects(&app.smtp)
+            .iter()
+            .filter(|s| s.starts_with("We miss you"))
+            .count()
+    };
+    assert_eq!(winbacks(&app), 1, "{:?}", subjects(&app.smtp));
+    for _ in 0..5 {
+        app.advance(TimeDelta::days(1)).await;
+    }
+    assert_eq!(winbacks(&app), 1, "still lapsed: no second entry");
+
+    // An order takes them out; ninety-odd days later they lapse again and win-back runs again.
+    app.event("c-1", "order_placed", json!({"total": 40})).await;
+    assert!(
+        !segments_of(&app, "c-1")
+            .await
+            .contains(&"lapsed-customers".to_owned())
+    );
+    app.advance(TimeDelta::days(91)).await;
+    app.advance(TimeDelta::days(1)).await;
+    assert_eq!(winbacks(&app), 2, "{:?}", subjects(&app.smtp));
+    let entered = membership_events(&app, "c-1")
+        .await
+        .into_iter()
+        .filter(|e| e.ends_with("segment_entered lapsed-customers"))
+        .count();
+    assert_eq!(entered, 2);
+    app.finish().await;
+}
+both_backends!(entering_a_segment_starts_its_workflow_once_per_transition);
+
+async fn machine_opens_make_nobody_active(db: Db) {
+    let app = app(db).await;
+    app.run_due().await;
+    app.contact("c-1", "ana@example.com", json!({})).await;
+    app.advance(TimeDelta::days(40)).await;
+    assert_eq!(profile_of(&app, "c-1").await["engagement"], "inactive");
+    assert!(
+        !segments_of(&app, "c-1")
+            .await
+            .contains(&"engaged".to_owned())
+    );
+    app.event("c-1", "email_opened", json!({"machine": true}))
+        .await;
+    app.event(
+        "c-1",
+        "email_clicked",
+        json!({"machine": true, "url": "https://x.example"}),
+    )
+    .await;
+    assert_eq!(
+        profile_of(&app, "c-1").await["engagement"],
+        "inactive",
+        "Apple MPP opens and scanner clicks are not engagement"
+    );
+    app.event("c-1", "email_opened", json!({})).await;
+    assert_eq!(profile_of(&app, "c-1").await["engagement"], "active");
+    assert!(
+        segments_of(&app, "c-1")
+            .await
+            .contains(&"engaged".to_owned())
+    );
+    app.finish().await;
+}
+both_backends!(machine_opens_make_nobody_active);
+
+/// A subscriber dormant for good gets one re-engagement mail, then is suppressed.
+async fn dormant_subscribers_are_sunset(db: Db) {
+    let app = app(db).await;
+    app.run_due().await;
+    app.contact("c-1", "ana@example.com", json!({})).await;
+    app.contact("c-2", "bo@example.com", json!({})).await;
+    for _ in 0..4 {
+        app.advance(TimeDelta::days(45)).await;
+    }
+    app.advance(TimeDelta::days(1)).await;
+    let asked = subjects(&app.smtp)
+        .iter()
+        .filter(|s| s.contains("do you still want to hear from us"))
+        .count();
+    assert_eq!(asked, 2, "{:?}", subjects(&app.smtp));
+    // Bo clicks; Ana stays silent and is suppressed two weeks later.
+    app.event(
+        "c-2",
+        "email_clicked",
+        json!({"url": "https://shop.example/stay"}),
+    )
+    .await;
+    app.advance(TimeDelta::days(15)).await;
+    let (_, ana) = app.get("/v1/contacts/c-1").await;
+    assert_eq!(ana["suppression"]["reason"], "sunset", "{ana}");
+    let (_, bo) = app.get("/v1/contacts/c-2").await;
+    assert!(bo["suppression"].is_null(), "{bo}");
+    assert_eq!(bo["contact"]["profile"]["engagement"], "active");
+    app.finish().await;
+}
+both_backends!(dormant_subscribers_are_sunset);
