@@ -39,6 +39,9 @@ enum What {
     Webhooks(super::bench_feedback::Args),
     /// Messages per second through one transport: a REST provider stand-in or an SMTP relay.
     Transport(super::bench_transport::Args),
+    /// A synthetic store (contacts, two years of events) with the example segments: full
+    /// recompute, incremental cost per event, hourly sweeps, peak RSS.
+    Segments(super::bench_segments::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -91,6 +94,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         What::Dates(a) => super::bench_dates::run(a).await,
         What::Transport(a) => super::bench_transport::run(a).await,
         What::Webhooks(a) => super::bench_feedback::run(a).await,
+        What::Segments(a) => super::bench_segments::run(a).await,
     }
 }
 

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_dates;
 mod bench_feedback;
+mod bench_segments;
 mod bench_transport;
 mod cron;
 mod migrate;

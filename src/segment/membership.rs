@@ -160,34 +160,40 @@ async fn threshold(tx: &mut Tx, core: &Core) -> Result<Option<f64>> {
         .and_then(|v| v.parse::<f64>().ok()))
 }
 
-/// Settles the profile, evaluates every segment, and stores what changed: the profile, the
-/// memberships (with their events) and the next instant to look again.
-async fn apply(
-    tx: &mut Tx,
+/// What re-evaluating one contact decided.
+struct Decision {
+    /// The contact with its settled profile.
+    contact: Contact,
+    profile_changed: bool,
+    orders: i64,
+    entered: Vec<String>,
+    exited: Vec<String>,
+    /// The next instant to look again without a new event.
+    due: Option<DateTime<Utc>>,
+}
+
+/// Settles the profile and evaluates every segment against the contact's stored state. Pure:
+/// `sends` and `high_value` were read by the caller.
+fn decide(
     core: &Core,
     contact: &Contact,
     mut profile: Profile,
     state: &ContactState,
-    cause: Cause,
+    sends: i64,
+    high_value: Option<f64>,
     now: DateTime<Utc>,
-) -> Result<Contact> {
-    let rules = &core.profile_rules;
-    let sends = match profile.last_engaged_at {
-        None => tx.sent_count(&contact.id).await?,
-        Some(_) => 0,
-    };
-    let high_value = match profile.purchase.orders {
-        0 => None,
-        _ => threshold(tx, core).await?,
-    };
-    let tier_change = profile.settle(contact.created_at, sends, high_value, now, rules);
+) -> Decision {
+    let tier_change = profile.settle(
+        contact.created_at,
+        sends,
+        high_value,
+        now,
+        &core.profile_rules,
+    );
     let mut contact = contact.clone();
     let stored = profile.to_json();
-    if stored != contact.profile.0 {
-        tx.set_profile(&contact.id, &stored, profile.purchase.orders)
-            .await?;
-        contact.profile = Json(stored);
-    }
+    let profile_changed = stored != contact.profile.0;
+    contact.profile = Json(stored);
     let view = contact_view(&contact);
     let evaluation = evaluate_all(
         &core.segments,
@@ -198,41 +204,109 @@ async fn apply(
         },
         now,
     );
-    for segment in evaluation.members.difference(&state.members) {
-        tx.add_member(segment, &contact.id, now).await?;
-        emit(tx, core, &contact, ENTERED, segment, cause, now).await?;
+    Decision {
+        entered: evaluation
+            .members
+            .difference(&state.members)
+            .cloned()
+            .collect(),
+        exited: state
+            .members
+            .difference(&evaluation.members)
+            .cloned()
+            .collect(),
+        due: earliest(evaluation.next_change, tier_change),
+        orders: profile.purchase.orders,
+        profile_changed,
+        contact,
     }
-    for segment in state.members.difference(&evaluation.members) {
-        tx.remove_member(segment, &contact.id).await?;
-        emit(tx, core, &contact, EXITED, segment, cause, now).await?;
-    }
-    tx.set_segment_due(&contact.id, earliest(evaluation.next_change, tier_change))
-        .await?;
-    Ok(contact)
 }
 
-async fn emit(
+/// Re-evaluates one contact and stores what changed; returns the contact as it is now.
+async fn apply(
     tx: &mut Tx,
     core: &Core,
     contact: &Contact,
-    name: &str,
-    segment: &str,
+    profile: Profile,
+    state: &ContactState,
+    cause: Cause,
+    now: DateTime<Utc>,
+) -> Result<Contact> {
+    let sends = match profile.last_engaged_at {
+        None => tx.sent_count(&contact.id).await?,
+        Some(_) => 0,
+    };
+    let high_value = match profile.purchase.orders {
+        0 => None,
+        _ => threshold(tx, core).await?,
+    };
+    let decision = decide(core, contact, profile, state, sends, high_value, now);
+    store(tx, core, std::slice::from_ref(&decision), cause, now).await?;
+    Ok(decision.contact)
+}
+
+/// Stores decisions with as few statements as possible: changed profiles, membership rows, one
+/// `segment_entered`/`segment_exited` event per change (applied to journeys unless the cause is
+/// a recompute), and each contact's next due instant.
+async fn store(
+    tx: &mut Tx,
+    core: &Core,
+    decisions: &[Decision],
     cause: Cause,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let event = Event {
-        id: uuid::Uuid::now_v7().to_string(),
-        contact_id: contact.id.clone(),
-        name: name.to_owned(),
-        properties: Json(json!({ "segment": segment, "cause": cause.name() })),
-        occurred_at: now,
-        received_at: now,
-    };
-    tx.insert_event(&event).await?;
-    if cause != Cause::Recompute {
-        journeys_on_event(tx, &core.workflows, contact, &event, now, core.max_attempts).await?;
+    let profiles: Vec<(&Contact, i64)> = decisions
+        .iter()
+        .filter(|d| d.profile_changed)
+        .map(|d| (&d.contact, d.orders))
+        .collect();
+    tx.store_profiles(&profiles).await?;
+    let mut added = Vec::new();
+    let mut events = Vec::new();
+    for d in decisions {
+        for (name, segments) in [(ENTERED, &d.entered), (EXITED, &d.exited)] {
+            for segment in segments {
+                events.push(Event {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    contact_id: d.contact.id.clone(),
+                    name: name.to_owned(),
+                    properties: Json(json!({ "segment": segment, "cause": cause.name() })),
+                    occurred_at: now,
+                    received_at: now,
+                });
+            }
+        }
+        added.extend(
+            d.entered
+                .iter()
+                .map(|s| (s.as_str(), d.contact.id.as_str())),
+        );
+        for segment in &d.exited {
+            tx.remove_member(segment, &d.contact.id).await?;
+        }
     }
-    Ok(())
+    tx.add_members(&added, now).await?;
+    tx.import_events(&events).await?;
+    if cause != Cause::Recompute {
+        for event in &events {
+            if let Some(d) = decisions.iter().find(|d| d.contact.id == event.contact_id) {
+                journeys_on_event(
+                    tx,
+                    &core.workflows,
+                    &d.contact,
+                    event,
+                    now,
+                    core.max_attempts,
+                )
+                .await?;
+            }
+        }
+    }
+    let dues: Vec<(&str, Option<DateTime<Utc>>)> = decisions
+        .iter()
+        .map(|d| (d.contact.id.as_str(), d.due))
+        .collect();
+    tx.set_segment_dues(&dues).await
 }
 
 /// Re-evaluates `contacts` in one transaction. With `rebuild`, profiles are recomputed from
@@ -260,6 +334,9 @@ async fn evaluate_batch(
     let names: Vec<&str> = names.into_iter().collect();
     let mut facts = group_facts(tx.facts(&ids, &names).await?);
     let mut members = current_members(tx, &ids).await?;
+    let sends = tx.sent_counts(&ids).await?;
+    let high_value = threshold(tx, core).await?;
+    let mut decisions = Vec::with_capacity(contacts.len());
     for contact in contacts {
         let state = ContactState {
             events: facts.remove(&contact.id).unwrap_or_default(),
@@ -270,9 +347,12 @@ async fn evaluate_batch(
         } else {
             Profile::from_json(&contact.profile.0)
         };
-        apply(tx, core, contact, profile, &state, cause, now).await?;
+        let sent = sends.get(&contact.id).copied().unwrap_or(0);
+        decisions.push(decide(
+            core, contact, profile, &state, sent, high_value, now,
+        ));
     }
-    Ok(())
+    store(tx, core, &decisions, cause, now).await
 }
 
 /// The profile from the contact's events alone, keeping the population scores last computed.
@@ -313,7 +393,7 @@ pub async fn sweep(core: &Core) -> Result<usize> {
             tx.lock_contact(id).await?;
             match tx.get_contact(id).await? {
                 Some(c) => contacts.push(c),
-                None => tx.set_segment_due(id, None).await?,
+                None => tx.set_segment_dues(&[(id, None)]).await?,
             }
         }
         evaluate_batch(&mut tx, core, &contacts, false, Cause::Sweep, now).await?;
@@ -500,8 +580,12 @@ async fn refresh_population(core: &Core, job: &Job) -> Result<Outcome> {
         let mut tx = core.store.write().await?;
         for (id, profile, orders) in chunk {
             tx.set_profile(id, profile, *orders).await?;
-            tx.set_segment_due(id, Some(now)).await?;
         }
+        let due: Vec<(&str, Option<DateTime<Utc>>)> = chunk
+            .iter()
+            .map(|(id, _, _)| (id.as_str(), Some(now)))
+            .collect();
+        tx.set_segment_dues(&due).await?;
         tx.commit().await?;
     }
     let mut tx = core.store.write().await?;

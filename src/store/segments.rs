@@ -77,23 +77,22 @@ impl Tx {
         }))
     }
 
-    pub async fn add_member(
-        &mut self,
-        segment: &str,
-        contact_id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        on_conn!(self, c => {
-            sqlx::query(
-                "INSERT INTO segment_members (segment, contact_id, entered_at) VALUES ($1, $2, $3)
+    /// Adds (segment, contact) memberships entered at `now`.
+    pub async fn add_members(&mut self, rows: &[(&str, &str)], now: DateTime<Utc>) -> Result<()> {
+        for chunk in rows.chunks(1000) {
+            let sql = format!(
+                "INSERT INTO segment_members (segment, contact_id, entered_at) VALUES {}
                  ON CONFLICT (segment, contact_id) DO NOTHING",
-            )
-            .bind(segment)
-            .bind(contact_id)
-            .bind(now)
-            .execute(c)
-            .await?;
-        });
+                values(chunk.len(), 3)
+            );
+            on_conn!(self, c => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                for (segment, contact) in chunk {
+                    q = q.bind(*segment).bind(*contact).bind(now);
+                }
+                q.execute(c).await?;
+            });
+        }
         Ok(())
     }
 
@@ -108,7 +107,77 @@ impl Tx {
         Ok(())
     }
 
-    /// Stores a contact's computed profile; `orders` is kept beside it for RFM ranking.
+    /// Stores computed profiles (with each contact's order count, kept beside the profile for
+    /// RFM ranking). The contacts exist; the insert form only lets one statement carry many rows.
+    pub async fn store_profiles(&mut self, rows: &[(&super::Contact, i64)]) -> Result<()> {
+        for chunk in rows.chunks(500) {
+            let sql = format!(
+                "INSERT INTO contacts (id, email, attributes, subscribed, created_at, updated_at, profile, orders)
+                 VALUES {} ON CONFLICT (id) DO UPDATE SET profile = excluded.profile, orders = excluded.orders",
+                values(chunk.len(), 8)
+            );
+            on_conn!(self, c => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                for (contact, orders) in chunk {
+                    q = q
+                        .bind(&contact.id)
+                        .bind(&contact.email)
+                        .bind(&contact.attributes)
+                        .bind(contact.subscribed)
+                        .bind(contact.created_at)
+                        .bind(contact.updated_at)
+                        .bind(&contact.profile)
+                        .bind(*orders);
+                }
+                q.execute(c).await?;
+            });
+        }
+        Ok(())
+    }
+
+    /// When each contact's segments or profile next need a look without a new event (`None`:
+    /// only a new event changes them).
+    pub async fn set_segment_dues(&mut self, rows: &[(&str, Option<DateTime<Utc>>)]) -> Result<()> {
+        let due: Vec<(&str, DateTime<Utc>)> = rows
+            .iter()
+            .filter_map(|(id, at)| at.map(|at| (*id, at)))
+            .collect();
+        let never: Vec<&str> = rows
+            .iter()
+            .filter(|(_, at)| at.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for chunk in due.chunks(1000) {
+            let sql = format!(
+                "INSERT INTO segment_due (contact_id, due_at) VALUES {}
+                 ON CONFLICT (contact_id) DO UPDATE SET due_at = excluded.due_at",
+                values(chunk.len(), 2)
+            );
+            on_conn!(self, c => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                for (id, at) in chunk {
+                    q = q.bind(*id).bind(*at);
+                }
+                q.execute(c).await?;
+            });
+        }
+        for chunk in never.chunks(1000) {
+            let sql = format!(
+                "DELETE FROM segment_due WHERE contact_id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            on_conn!(self, c => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                q.execute(c).await?;
+            });
+        }
+        Ok(())
+    }
+
+    /// Stores one contact's computed profile and order count.
     pub async fn set_profile(
         &mut self,
         contact_id: &str,
@@ -126,29 +195,27 @@ impl Tx {
         Ok(())
     }
 
-    /// When the contact's segments or profile next need a look without a new event.
-    pub async fn set_segment_due(
+    /// Messages handed to a transport, per contact, for the contacts given.
+    pub async fn sent_counts(
         &mut self,
-        contact_id: &str,
-        due_at: Option<DateTime<Utc>>,
-    ) -> Result<()> {
-        on_conn!(self, c => {
-            match due_at {
-                Some(at) => sqlx::query(
-                    "INSERT INTO segment_due (contact_id, due_at) VALUES ($1, $2)
-                     ON CONFLICT (contact_id) DO UPDATE SET due_at = excluded.due_at",
-                )
-                .bind(contact_id)
-                .bind(at)
-                .execute(c)
-                .await?,
-                None => sqlx::query("DELETE FROM segment_due WHERE contact_id = $1")
-                    .bind(contact_id)
-                    .execute(c)
-                    .await?,
-            };
+        contact_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, i64>> {
+        if contact_ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let sql = format!(
+            "SELECT contact_id, COUNT(*) FROM messages WHERE contact_id IN ({})
+             AND status IN ('sent', 'unknown') GROUP BY contact_id",
+            placeholders(1, contact_ids.len())
+        );
+        let rows: Vec<(String, i64)> = on_conn!(self, c => {
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+            for id in contact_ids {
+                q = q.bind(id);
+            }
+            q.fetch_all(c).await?
         });
-        Ok(())
+        Ok(rows.into_iter().collect())
     }
 
     /// Messages handed to a transport for the contact (for "never engaged after N sends").
@@ -353,4 +420,67 @@ impl Store {
         tx.commit().await?;
         Ok(rows)
     }
+}
+
+impl Tx {
+    /// Stores many contacts at once (imports and benchmarks): multi-row inserts, existing ids
+    /// left alone.
+    pub async fn import_contacts(&mut self, contacts: &[super::Contact]) -> Result<()> {
+        // 6 values a row keeps a 1000-row statement under SQLite's 32,766 bound parameters.
+        for chunk in contacts.chunks(1000) {
+            let sql = format!(
+                "INSERT INTO contacts (id, email, attributes, subscribed, created_at, updated_at) VALUES {}
+                 ON CONFLICT (id) DO NOTHING",
+                values(chunk.len(), 6)
+            );
+            on_conn!(self, c => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                for r in chunk {
+                    q = q
+                        .bind(&r.id)
+                        .bind(&r.email)
+                        .bind(&r.attributes)
+                        .bind(r.subscribed)
+                        .bind(r.created_at)
+                        .bind(r.updated_at);
+                }
+                q.execute(c).await?;
+            });
+        }
+        Ok(())
+    }
+
+    /// Stores many events at once, as they happened, without applying their effects
+    /// (imports and benchmarks; a recompute brings segments up to date afterwards).
+    pub async fn import_events(&mut self, events: &[super::Event]) -> Result<()> {
+        for chunk in events.chunks(1000) {
+            let sql = format!(
+                "INSERT INTO events (id, contact_id, name, properties, occurred_at, received_at) VALUES {}
+                 ON CONFLICT (id) DO NOTHING",
+                values(chunk.len(), 6)
+            );
+            on_conn!(self, c => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                for e in chunk {
+                    q = q
+                        .bind(&e.id)
+                        .bind(&e.contact_id)
+                        .bind(&e.name)
+                        .bind(&e.properties)
+                        .bind(e.occurred_at)
+                        .bind(e.received_at);
+                }
+                q.execute(c).await?;
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `($1, …, $width), ($width+1, …)` for `n` rows.
+fn values(n: usize, width: usize) -> String {
+    (0..n)
+        .map(|r| format!("({})", placeholders(r * width + 1, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
