@@ -458,14 +458,14 @@ fn check_sink(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A throwaway project directory under the system temp dir (`workflows/`, `templates/` and the
-/// given files), removed when dropped. Shared by every `herald bench` command.
+/// A throwaway project directory under the system temp dir (`workflows/`, `segments/`,
+/// `templates/` and the given files), removed when dropped. Shared by every `herald bench` command.
 pub(super) struct ScratchDir(PathBuf);
 
 impl ScratchDir {
     pub(super) fn create(name: &str, files: &[(&str, &str)]) -> anyhow::Result<ScratchDir> {
         let dir = ScratchDir(std::env::temp_dir().join(format!("herald-bench-{name}")));
-        for sub in ["workflows", "templates"] {
+        for sub in ["workflows", "segments", "templates"] {
             let path = dir.0.join(sub);
             std::fs::create_dir_all(&path)
                 .with_context(|| format!("cannot create {}", path.display()))?;

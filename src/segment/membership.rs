@@ -15,7 +15,7 @@ use super::evaluate::{Fact, Facts, earliest, evaluate_all};
 use super::profile::{Observed, Profile, Purchaser, high_value_threshold, rfm_scores};
 use super::{ENTERED, EXITED};
 use crate::core::Core;
-use crate::store::{Contact, Event, FactRow, Job, Result, Tx, job_status};
+use crate::store::{Contact, Event, FactRead, FactRow, Job, Result, Tx, job_status};
 use crate::workflow::engine::Outcome;
 use crate::workflow::timing::{next_cron, parse_cron};
 use crate::workflow::trigger::{contact_view, on_event as journeys_on_event};
@@ -102,13 +102,8 @@ async fn refresh(
     // Serializes concurrent evaluations of one contact (PostgreSQL), so a change is emitted once.
     tx.lock_contact(&contact.id).await?;
     let ids = [contact.id.clone()];
-    let names: Vec<&str> = core
-        .segments
-        .event_names()
-        .iter()
-        .map(String::as_str)
-        .collect();
-    let mut facts = group_facts(tx.facts(&ids, &names).await?);
+    let reads = fact_reads(core, false, now);
+    let mut facts = group_facts(tx.facts(&ids, &as_reads(&reads)).await?);
     let current = current_members(tx, &ids).await?;
     let state = ContactState {
         events: facts.remove(&contact.id).unwrap_or_default(),
@@ -134,7 +129,7 @@ fn group_facts(rows: Vec<FactRow>) -> HashMap<String, HashMap<String, Vec<Fact>>
             .or_default()
             .push(Fact {
                 occurred_at,
-                properties: properties.0,
+                properties: properties.map_or(Value::Null, |p| p.0),
             });
     }
     by_contact
@@ -320,19 +315,8 @@ async fn evaluate_batch(
     now: DateTime<Utc>,
 ) -> Result<()> {
     let ids: Vec<String> = contacts.iter().map(|c| c.id.clone()).collect();
-    let mut names: BTreeSet<&str> = core
-        .segments
-        .event_names()
-        .iter()
-        .map(String::as_str)
-        .collect();
-    if rebuild {
-        names.extend(["email_opened", "email_clicked"]);
-        names.insert(&core.profile_rules.order_event);
-        names.extend(core.profile_rules.stages.iter().map(|(n, _)| n.as_str()));
-    }
-    let names: Vec<&str> = names.into_iter().collect();
-    let mut facts = group_facts(tx.facts(&ids, &names).await?);
+    let reads = fact_reads(core, rebuild, now);
+    let mut facts = group_facts(tx.facts(&ids, &as_reads(&reads)).await?);
     let mut members = current_members(tx, &ids).await?;
     let sends = tx.sent_counts(&ids).await?;
     let high_value = threshold(tx, core).await?;
@@ -353,6 +337,58 @@ async fn evaluate_batch(
         ));
     }
     store(tx, core, &decisions, cause, now).await
+}
+
+/// Which events to read, by name: since when, and whether with properties. Segments need each
+/// name back to their longest window; rebuilding profiles needs every engagement, order and
+/// lifecycle event.
+fn fact_reads(
+    core: &Core,
+    rebuild: bool,
+    now: DateTime<Utc>,
+) -> Vec<(String, DateTime<Utc>, bool)> {
+    let ever = DateTime::<Utc>::UNIX_EPOCH;
+    let mut reads: HashMap<String, (DateTime<Utc>, bool)> = core
+        .segments
+        .reads()
+        .iter()
+        .map(|(name, r)| {
+            (
+                name.clone(),
+                (r.horizon.map_or(ever, |h| now - h), r.properties),
+            )
+        })
+        .collect();
+    if rebuild {
+        let rules = &core.profile_rules;
+        let profile = [
+            ("email_opened", true),
+            ("email_clicked", true),
+            (rules.order_event.as_str(), true),
+        ]
+        .into_iter()
+        .chain(rules.stages.iter().map(|(n, _)| (n.as_str(), false)));
+        for (name, properties) in profile {
+            let entry = reads.entry(name.to_owned()).or_insert((ever, false));
+            entry.0 = ever;
+            entry.1 |= properties;
+        }
+    }
+    let mut reads: Vec<(String, DateTime<Utc>, bool)> =
+        reads.into_iter().map(|(n, (t, p))| (n, t, p)).collect();
+    reads.sort_by(|a, b| a.0.cmp(&b.0));
+    reads
+}
+
+fn as_reads(reads: &[(String, DateTime<Utc>, bool)]) -> Vec<FactRead<'_>> {
+    reads
+        .iter()
+        .map(|(name, since, properties)| FactRead {
+            name,
+            since: *since,
+            properties: *properties,
+        })
+        .collect()
 }
 
 /// The profile from the contact's events alone, keeping the population scores last computed.

@@ -7,12 +7,14 @@ pub mod evaluate;
 pub mod membership;
 pub mod profile;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::TimeDelta;
 
 pub use profile::{Profile, ProfileRules};
 
 use crate::diagnostic::Diagnostic;
-use crate::workflow::model::{Condition, SegmentDef};
+use crate::workflow::model::{Condition, EventMeasure, SegmentDef};
 
 /// Every segment of the project, in dependency order (a segment after those it refers to).
 #[derive(Debug, Clone, Default)]
@@ -20,6 +22,17 @@ pub struct Segments {
     ordered: Vec<SegmentDef>,
     /// Event names any segment's conditions read.
     event_names: BTreeSet<String>,
+    /// How far back conditions look at each event name, and whether they read properties.
+    reads: BTreeMap<String, Read>,
+}
+
+/// What segment conditions read of one event name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Read {
+    /// The longest `within` (`None`: some condition looks at all time).
+    pub horizon: Option<TimeDelta>,
+    /// Whether a `where` filter or an aggregate reads the events' properties.
+    pub properties: bool,
 }
 
 impl Segments {
@@ -96,13 +109,14 @@ impl Segments {
         }
         let mut slots: Vec<Option<SegmentDef>> = defs.into_iter().map(Some).collect();
         let ordered: Vec<SegmentDef> = order.iter().filter_map(|&i| slots[i].take()).collect();
-        let mut event_names = BTreeSet::new();
+        let mut reads = BTreeMap::new();
         for def in &ordered {
-            collect_events(&def.matcher, &mut event_names);
+            collect_reads(&def.matcher, &mut reads);
         }
         Ok(Segments {
             ordered,
-            event_names,
+            event_names: reads.keys().cloned().collect(),
+            reads,
         })
     }
 
@@ -132,6 +146,11 @@ impl Segments {
         &self.event_names
     }
 
+    /// What conditions read of each event name.
+    pub fn reads(&self) -> &BTreeMap<String, Read> {
+        &self.reads
+    }
+
     /// What a segment's membership is computed from, so a changed definition (or a changed
     /// segment it refers to) is recomputed.
     pub fn spec(&self, name: &str) -> String {
@@ -152,17 +171,31 @@ impl Segments {
     }
 }
 
-fn collect_events(cond: &Condition, names: &mut BTreeSet<String>) {
+fn collect_reads(cond: &Condition, reads: &mut BTreeMap<String, Read>) {
     match cond {
         Condition::Event(ec) => {
-            names.insert(ec.name.clone());
+            let read = Read {
+                horizon: ec.within.map(|w| w.0),
+                properties: !ec.filter.is_empty()
+                    || matches!(ec.measure, EventMeasure::Aggregate { .. }),
+            };
+            reads
+                .entry(ec.name.clone())
+                .and_modify(|r| {
+                    r.horizon = match (r.horizon, read.horizon) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        _ => None,
+                    };
+                    r.properties |= read.properties;
+                })
+                .or_insert(read);
         }
         Condition::All(items) | Condition::Any(items) => {
             for c in items {
-                collect_events(c, names);
+                collect_reads(c, reads);
             }
         }
-        Condition::Not(inner) => collect_events(inner, names),
+        Condition::Not(inner) => collect_reads(inner, reads),
         _ => {}
     }
 }

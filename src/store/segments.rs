@@ -7,8 +7,16 @@ use sqlx::types::Json;
 
 use super::{Result, Store, Tx, on_conn};
 
-/// One stored event as segment evaluation reads it: (contact, name, time, properties).
-pub type FactRow = (String, String, DateTime<Utc>, Json<Value>);
+/// One stored event as segment evaluation reads it: (contact, name, time, properties when read).
+pub type FactRow = (String, String, DateTime<Utc>, Option<Json<Value>>);
+
+/// Which events of one name evaluation reads: those since `since`, with their properties or not.
+#[derive(Debug, Clone, Copy)]
+pub struct FactRead<'a> {
+    pub name: &'a str,
+    pub since: DateTime<Utc>,
+    pub properties: bool,
+}
 
 /// `$first, $first+1, …` placeholders for `n` bound values.
 fn placeholders(first: usize, n: usize) -> String {
@@ -53,16 +61,35 @@ impl Tx {
         }))
     }
 
-    /// The contacts' events with one of `names`, oldest first per contact.
-    pub async fn facts(&mut self, contact_ids: &[String], names: &[&str]) -> Result<Vec<FactRow>> {
-        if contact_ids.is_empty() || names.is_empty() {
+    /// The contacts' events of the names in `reads`, each since its instant, oldest first per
+    /// contact. Properties are read only for names that need them (NULL otherwise), which keeps
+    /// high-volume events such as page views cheap.
+    pub async fn facts(
+        &mut self,
+        contact_ids: &[String],
+        reads: &[FactRead<'_>],
+    ) -> Result<Vec<FactRow>> {
+        if contact_ids.is_empty() || reads.is_empty() {
             return Ok(Vec::new());
         }
+        let with_properties: Vec<&str> = reads
+            .iter()
+            .filter(|r| r.properties)
+            .map(|r| r.name)
+            .collect();
+        let n = contact_ids.len();
+        let names = placeholders(n + 1, reads.len());
+        let first_since = n + reads.len() + 1;
+        let since: Vec<String> = (0..reads.len())
+            .map(|i| format!("WHEN ${} THEN ${}", n + 1 + i, first_since + i))
+            .collect();
+        let props = placeholders(first_since + reads.len(), with_properties.len().max(1));
         let sql = format!(
-            "SELECT contact_id, name, occurred_at, properties FROM events
-             WHERE contact_id IN ({}) AND name IN ({}) ORDER BY contact_id, occurred_at",
-            placeholders(1, contact_ids.len()),
-            placeholders(1 + contact_ids.len(), names.len())
+            "SELECT contact_id, name, occurred_at, CASE WHEN name IN ({props}) THEN properties END FROM events
+             WHERE contact_id IN ({}) AND name IN ({names}) AND occurred_at >= CASE name {} END
+             ORDER BY contact_id, occurred_at",
+            placeholders(1, n),
+            since.join(" ")
         );
         Ok(on_conn!(self, c => {
             // Only numbered placeholders are spliced in; every value is bound.
@@ -70,7 +97,16 @@ impl Tx {
             for id in contact_ids {
                 q = q.bind(id);
             }
-            for name in names {
+            for r in reads {
+                q = q.bind(r.name);
+            }
+            for r in reads {
+                q = q.bind(r.since);
+            }
+            if with_properties.is_empty() {
+                q = q.bind("");
+            }
+            for name in &with_properties {
                 q = q.bind(*name);
             }
             q.fetch_all(c).await?
