@@ -277,3 +277,53 @@ async fn dormant_subscribers_are_sunset(db: Db) {
     app.finish().await;
 }
 both_backends!(dormant_subscribers_are_sunset);
+
+/// RFM scores over five purchasers, computed by hand: with r of n purchasers strictly below,
+/// a score is 1 + ⌊5r/n⌋. Recency and monetary are distinct (1…5); frequency is 1, 1, 2, 3
+/// and 5 orders, so scores 1, 1, 3, 4, 5.
+async fn rfm_scores_follow_the_hand_computed_fixture(db: Db) {
+    let app = app(db).await;
+    app.run_due().await;
+    let buyers = [
+        ("c-1", 1, 10),
+        ("c-2", 1, 20),
+        ("c-3", 2, 30),
+        ("c-4", 3, 40),
+        ("c-5", 5, 50),
+    ];
+    for (id, _, _) in buyers {
+        app.contact(id, &format!("{id}@example.com"), json!({}))
+            .await;
+    }
+    for (id, orders, each) in buyers {
+        for _ in 0..orders {
+            app.event(id, "order_placed", json!({"total": each})).await;
+            app.advance(TimeDelta::days(1)).await;
+        }
+    }
+    // The hourly refresh recomputes scores over all purchasers; the sweep then re-evaluates.
+    app.advance(TimeDelta::hours(1)).await;
+    let mut shown = Vec::new();
+    for (id, _, _) in buyers {
+        let p = profile_of(&app, id).await;
+        shown.push(format!(
+            "{id} {} {}",
+            p["rfm"]["score"].as_str().unwrap_or("-"),
+            p["rfm"]["segment"].as_str().unwrap_or("-")
+        ));
+    }
+    assert_eq!(
+        shown,
+        [
+            "c-1 111 Lost",
+            "c-2 212 Hibernating",
+            "c-3 333 Need Attention",
+            "c-4 444 Loyal",
+            "c-5 555 Champions"
+        ]
+    );
+    assert!(segments_of(&app, "c-5").await.contains(&"vip".to_owned()));
+    assert!(!segments_of(&app, "c-4").await.contains(&"vip".to_owned()));
+    app.finish().await;
+}
+both_backends!(rfm_scores_follow_the_hand_computed_fixture);

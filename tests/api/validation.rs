@@ -151,3 +151,47 @@ fn a_pkcs8_dkim_key_fails_validation_with_the_conversion_command() {
         "{out}"
     );
 }
+
+#[test]
+fn unknown_segments_and_segment_cycles_are_reported_with_their_place() {
+    let dir = project_with(
+        "segments/loyal.yaml",
+        "name: loyal\nmatch:\n  - segment: fans\n",
+    );
+    write(
+        dir.path(),
+        "segments/fans.yaml",
+        "name: fans\nmatch:\n  - attribute: country\n    eq: US\n  - segment: loyal\n",
+    );
+    write(
+        dir.path(),
+        "workflows/nudge.yaml",
+        "trigger: { segment: { entered: no-such-segment } }\nsteps:\n  - send: win-back\n",
+    );
+    write(
+        dir.path(),
+        "segments/bad.yaml",
+        "match:\n  - property: total\n    gt: 1\n",
+    );
+    let (ok, out) = validate(dir.path());
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("segments/loyal.yaml:3:14: segment cycle: fans → loyal → fans")
+            || out.contains("segments/loyal.yaml:3:14: segment cycle: loyal → fans → loyal"),
+        "{out}"
+    );
+    assert!(
+        out.contains("segments/fans.yaml:5:14: segment cycle"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "workflows/nudge.yaml:1:32: unknown segment `no-such-segment`: no file in segments/ defines it"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("segments/bad.yaml:2:5: `property` is not allowed in a segment"),
+        "{out}"
+    );
+}
