@@ -15,6 +15,13 @@ pub struct Contact {
     pub updated_at: DateTime<Utc>,
 }
 
+/// What delivery feedback needs to know about a contact before applying its events.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ContactActivity {
+    pub id: String,
+    pub active_journey: bool,
+}
+
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
 pub struct Event {
     pub id: String,
