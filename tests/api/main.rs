@@ -8,5 +8,6 @@ mod durability;
 mod feedback;
 mod journeys;
 mod providers;
+mod record_batch;
 mod timing;
 mod validation;
