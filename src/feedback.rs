@@ -106,12 +106,7 @@ pub async fn record_batch(
 
 /// Stores a report that arrived as the contact's behavioral event itself, with its effects on
 /// suppression and consent. Answers false when the same report was stored before.
-pub async fn record(
-    tx: &mut Tx,
-    core: &Core,
-    report: &Report,
-    now: DateTime<Utc>,
-) -> Result<bool> {
+pub async fn record(tx: &mut Tx, core: &Core, report: &Report, now: DateTime<Utc>) -> Result<bool> {
     let reports = std::slice::from_ref(report);
     let tally = record_chunk(tx, core, reports, now, Behavior::AlreadyEmitted).await?;
     Ok(tally.stored == 1)
@@ -181,7 +176,11 @@ async fn record_chunk(
 
 /// The messages the reports are about: by our message id, else by the provider's.
 async fn correlate(tx: &mut Tx, reports: &[Report]) -> Result<Messages> {
-    let ours: Vec<&str> = distinct(reports.iter().filter_map(|r| r.herald_message_id.as_deref()));
+    let ours: Vec<&str> = distinct(
+        reports
+            .iter()
+            .filter_map(|r| r.herald_message_id.as_deref()),
+    );
     let by_id: HashMap<String, Message> = tx
         .messages_by_ids(&ours)
         .await?

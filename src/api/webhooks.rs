@@ -71,7 +71,10 @@ pub async fn receive(
             let reports: Vec<Report> = events.iter().map(Report::from).collect();
             let tally = record_batch(&mut tx, &core, &reports, now).await?;
             tx.commit().await?;
-            Ok(Json(json!({ "stored": tally.stored, "duplicates": tally.duplicates })).into_response())
+            Ok(
+                Json(json!({ "stored": tally.stored, "duplicates": tally.duplicates }))
+                    .into_response(),
+            )
         }
         Outcome::Ignored => {
             tx.commit().await?;

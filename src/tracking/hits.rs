@@ -262,7 +262,15 @@ async fn record_hits(core: &Core, hits: &[Hit]) -> crate::store::Result<()> {
 async fn reports(tx: &mut Tx, hits: &[Hit]) -> crate::store::Result<Vec<Report>> {
     let clicked: Vec<&str> = hits
         .iter()
-        .filter(|h| matches!(h.kind, HitKind::Click { machine_agent: false, .. }))
+        .filter(|h| {
+            matches!(
+                h.kind,
+                HitKind::Click {
+                    machine_agent: false,
+                    ..
+                }
+            )
+        })
         .map(|h| h.message_id.as_str())
         .collect::<HashSet<_>>()
         .into_iter()
