@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sqlx::types::Json;
 
 use crate::core::Core;
-use crate::store::{ContactActivity, DeliveryRow, Event, Message, Result, Tx};
+use crate::store::{ContactActivity, DeliveryRow, Event, MessageFacts, Result, Tx};
 use crate::webhook::{DeliveryEvent, DeliveryKind};
 use crate::workflow::trigger::on_event;
 
@@ -116,7 +116,7 @@ pub async fn record(tx: &mut Tx, core: &Core, report: &Report, now: DateTime<Utc
 struct Pending<'a> {
     row: DeliveryRow,
     kind: &'a DeliveryKind,
-    message: Option<&'a Message>,
+    message: Option<&'a MessageFacts>,
 }
 
 async fn record_chunk(
@@ -181,8 +181,8 @@ async fn correlate(tx: &mut Tx, reports: &[Report]) -> Result<Messages> {
             .iter()
             .filter_map(|r| r.herald_message_id.as_deref()),
     );
-    let by_id: HashMap<String, Message> = tx
-        .messages_by_ids(&ours)
+    let by_id: HashMap<String, MessageFacts> = tx
+        .message_facts(&ours)
         .await?
         .into_iter()
         .map(|m| (m.id.clone(), m))
@@ -198,7 +198,7 @@ async fn correlate(tx: &mut Tx, reports: &[Report]) -> Result<Messages> {
             .filter_map(|r| r.provider_message_id.as_deref()),
     );
     let mut by_provider_id = HashMap::new();
-    for m in tx.messages_by_provider_ids(&theirs).await? {
+    for m in tx.message_facts_by_provider_ids(&theirs).await? {
         if let Some(pid) = m.provider_message_id.clone() {
             by_provider_id.entry(pid).or_insert(m);
         }
@@ -210,11 +210,11 @@ async fn correlate(tx: &mut Tx, reports: &[Report]) -> Result<Messages> {
 }
 
 struct Messages {
-    by_id: HashMap<String, Message>,
-    by_provider_id: HashMap<String, Message>,
+    by_id: HashMap<String, MessageFacts>,
+    by_provider_id: HashMap<String, MessageFacts>,
 }
 
-fn message_for<'a>(messages: &'a Messages, report: &Report) -> Option<&'a Message> {
+fn message_for<'a>(messages: &'a Messages, report: &Report) -> Option<&'a MessageFacts> {
     report
         .herald_message_id
         .as_ref()
@@ -233,7 +233,7 @@ fn distinct<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     values.filter(|v| seen.insert(*v)).collect()
 }
 
-fn ledger_row(report: &Report, message: Option<&Message>, now: DateTime<Utc>) -> DeliveryRow {
+fn ledger_row(report: &Report, message: Option<&MessageFacts>, now: DateTime<Utc>) -> DeliveryRow {
     let recipient = report
         .recipient
         .clone()
@@ -334,36 +334,22 @@ async fn emit_behavior(
     pending: &[Pending<'_>],
     now: DateTime<Utc>,
 ) -> Result<Vec<Option<Event>>> {
-    let contact_ids = distinct(
-        pending
-            .iter()
-            .filter_map(|p| p.message.map(|m| m.contact_id.as_str())),
-    );
-    let contacts: HashMap<String, ContactActivity> = tx
-        .contact_activity(&contact_ids)
-        .await?
-        .into_iter()
-        .map(|c| (c.id.clone(), c))
-        .collect();
     let events: Vec<Option<Event>> = pending
         .iter()
         .map(|p| {
             p.message
-                .filter(|m| contacts.contains_key(&m.contact_id))
+                .filter(|m| m.contact.known)
                 .map(|m| behavior_event(&p.row, m, now))
         })
         .collect();
     // One contact's events go one way: an event that starts a journey must be seen by the
     // contact's next event, and entry conditions count the contact's earlier events.
-    let affected: HashSet<String> = events
+    let affected: HashSet<String> = pending
         .iter()
-        .flatten()
-        .filter(|e| {
-            contacts
-                .get(&e.contact_id)
-                .is_some_and(|c| needs_effects(core, c, &e.name))
-        })
-        .map(|e| e.contact_id.clone())
+        .zip(&events)
+        .filter_map(|(p, e)| Some((p.message?, e.as_ref()?)))
+        .filter(|(m, e)| needs_effects(core, &m.contact, &e.name))
+        .map(|(m, _)| m.contact_id.clone())
         .collect();
     let mut plain = Vec::new();
     let mut in_order = Vec::with_capacity(events.len());
@@ -399,7 +385,7 @@ async fn apply_effects(tx: &mut Tx, core: &Core, event: &Event, now: DateTime<Ut
 }
 
 /// The contact event `email_<kind>` of a stored report about `message`.
-fn behavior_event(row: &DeliveryRow, message: &Message, now: DateTime<Utc>) -> Event {
+fn behavior_event(row: &DeliveryRow, message: &MessageFacts, now: DateTime<Utc>) -> Event {
     let mut properties = json!({
         "message_id": message.id,
         "workflow": message.workflow,

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::{ContactActivity, Journey, Result, Tx, journey_status, on_conn};
+use super::{Journey, Result, Tx, journey_status, on_conn};
 
 impl Tx {
     /// Inserts a journey; answers false when an active journey for the same
@@ -61,27 +61,6 @@ impl Tx {
             .bind(key)
             .fetch_optional(c)
             .await?
-        }))
-    }
-
-    /// Of these contact ids, the contacts that exist, each with whether it has an active
-    /// journey.
-    pub async fn contact_activity(&mut self, ids: &[&str]) -> Result<Vec<ContactActivity>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(on_conn!(self, c => {
-            let mut q = sqlx::QueryBuilder::new(
-                "SELECT c.id, EXISTS (SELECT 1 FROM journeys j
-                   WHERE j.contact_id = c.id AND j.status = 'active') AS active_journey
-                 FROM contacts c WHERE c.id IN (",
-            );
-            let mut list = q.separated(", ");
-            for id in ids {
-                list.push_bind(*id);
-            }
-            q.push(")");
-            q.build_query_as::<ContactActivity>().fetch_all(c).await?
         }))
     }
 

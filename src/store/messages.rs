@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{DeliveryRow, Message, Result, Tx, on_conn};
+use super::{DeliveryRow, Message, MessageFacts, Result, Tx, on_conn};
 
 impl Tx {
     /// Inserts the message unless its (journey, step, iteration) exists; returns the stored row.
@@ -173,29 +173,44 @@ impl Tx {
         Ok(stored.into_iter().map(|(id,)| id).collect())
     }
 
-    /// The messages with these ids (those that exist).
-    pub async fn messages_by_ids(&mut self, ids: &[&str]) -> Result<Vec<Message>> {
-        self.messages_where_in("id", ids).await
+    /// What feedback needs of the messages with these ids (those that exist).
+    pub async fn message_facts(&mut self, ids: &[&str]) -> Result<Vec<MessageFacts>> {
+        self.message_facts_where_in("id", ids).await
     }
 
-    /// The messages providers know by these ids (those that exist).
-    pub async fn messages_by_provider_ids(&mut self, ids: &[&str]) -> Result<Vec<Message>> {
-        self.messages_where_in("provider_message_id", ids).await
+    /// What feedback needs of the messages providers know by these ids (those that exist).
+    pub async fn message_facts_by_provider_ids(
+        &mut self,
+        ids: &[&str],
+    ) -> Result<Vec<MessageFacts>> {
+        self.message_facts_where_in("provider_message_id", ids)
+            .await
     }
 
     /// `column` is a constant of this module, never input.
-    async fn messages_where_in(&mut self, column: &str, values: &[&str]) -> Result<Vec<Message>> {
+    async fn message_facts_where_in(
+        &mut self,
+        column: &str,
+        values: &[&str],
+    ) -> Result<Vec<MessageFacts>> {
         if values.is_empty() {
             return Ok(Vec::new());
         }
         Ok(on_conn!(self, c => {
-            let mut q = sqlx::QueryBuilder::new(format!("SELECT * FROM messages WHERE {column} IN ("));
+            let mut q = sqlx::QueryBuilder::new(format!(
+                "SELECT m.id, m.contact_id, m.workflow, m.step, m.template, m.to_email,
+                   m.provider_message_id, m.sent_at,
+                   EXISTS (SELECT 1 FROM contacts c WHERE c.id = m.contact_id) AS known,
+                   EXISTS (SELECT 1 FROM journeys j
+                     WHERE j.contact_id = m.contact_id AND j.status = 'active') AS active_journey
+                 FROM messages m WHERE m.{column} IN ("
+            ));
             let mut list = q.separated(", ");
             for value in values {
                 list.push_bind(*value);
             }
             q.push(")");
-            q.build_query_as::<Message>().fetch_all(c).await?
+            q.build_query_as::<MessageFacts>().fetch_all(c).await?
         }))
     }
 

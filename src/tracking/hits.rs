@@ -276,7 +276,7 @@ async fn reports(tx: &mut Tx, hits: &[Hit]) -> crate::store::Result<Vec<Report>>
         .into_iter()
         .collect();
     let sent_at: HashMap<String, Option<DateTime<Utc>>> = tx
-        .messages_by_ids(&clicked)
+        .message_facts(&clicked)
         .await?
         .into_iter()
         .map(|m| (m.id, m.sent_at))
