@@ -82,9 +82,17 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
+            // The one writer keeps the pages it touches (ledger and event indexes, 64 MiB) and
+            // its statement journals in memory.
             let writer = SqlitePoolOptions::new()
                 .max_connections(1)
-                .connect_with(options.clone())
+                .connect_with(
+                    options
+                        .clone()
+                        .pragma("cache_size", "-65536")
+                        .pragma("temp_store", "memory")
+                        .pragma("wal_autocheckpoint", "8000"),
+                )
                 .await?;
             let reader = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(2))
