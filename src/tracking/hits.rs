@@ -3,8 +3,8 @@
 //! Mail Privacy Protection and scanners by user agent, and link scanners by timing (a click
 //! within seconds of sending, or several clicks on one message within seconds).
 //!
-//! The answer does not wait for the database: a hit goes into a bounded queue that one task
-//! (the recorder, started by `Application::run`) drains, recording up to [`BATCH`] hits per
+//! The answer does not wait for the database: a hit goes into a bounded queue that a task (the
+//! recorder, started by `Application::run`) drains, recording up to [`BATCH`] hits per
 //! transaction. The recorder drains the queue before Herald stops; a hit that finds the queue
 //! full or closed is recorded before the answer, so an accepted hit is never lost.
 
@@ -25,7 +25,7 @@ use super::links::{CLICK, OPEN};
 use crate::api::AppState;
 use crate::core::Core;
 use crate::feedback::{Report, record_batch};
-use crate::store::Tx;
+use crate::store::{Backend, Tx};
 use crate::webhook::{DeliveryKind, is_machine_user_agent};
 
 /// A click this soon after sending is a security scanner, not a reader.
@@ -37,6 +37,8 @@ const SCANNER_BURST: TimeDelta = TimeDelta::seconds(5);
 const QUEUE: usize = 8192;
 /// Hits recorded per transaction at most.
 pub const BATCH: usize = 256;
+/// Transactions recording hits side by side on PostgreSQL.
+const PG_LANES: usize = 4;
 
 /// A transparent 1×1 GIF.
 const PIXEL: &[u8] = &[
@@ -149,25 +151,41 @@ enum Queued {
 /// The queue between the tracking endpoints and the recorder.
 #[derive(Default)]
 pub struct HitQueue {
-    /// Set when the recorder starts; until then hits are recorded inline.
-    sender: OnceLock<mpsc::Sender<Queued>>,
+    /// One queue per lane, set when the recorder starts; until then hits are recorded inline.
+    lanes: OnceLock<Vec<mpsc::Sender<Queued>>>,
 }
 
 impl HitQueue {
     /// Starts the recorder, which runs until `stop` and then records what is still queued.
     /// Answers `None` when a recorder was started before.
+    ///
+    /// SQLite has one writer, so one lane records everything. PostgreSQL takes several
+    /// transactions at once: [`PG_LANES`] lanes record side by side, each message's hits always
+    /// in the same lane, so its clicks are still judged in order.
     pub fn start(&self, core: Arc<Core>, stop: CancellationToken) -> Option<JoinHandle<()>> {
-        let (sender, receiver) = mpsc::channel(QUEUE);
-        self.sender.set(sender).ok()?;
-        Some(tokio::spawn(run_recorder(core, receiver, stop)))
+        let lanes = match core.store.backend() {
+            Backend::Sqlite => 1,
+            Backend::Postgres => PG_LANES,
+        };
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..lanes).map(|_| mpsc::channel(QUEUE / lanes)).unzip();
+        self.lanes.set(senders).ok()?;
+        Some(tokio::spawn(async move {
+            let mut running = tokio::task::JoinSet::new();
+            for receiver in receivers {
+                running.spawn(run_recorder(Arc::clone(&core), receiver, stop.clone()));
+            }
+            while running.join_next().await.is_some() {}
+        }))
     }
 
     /// Queues a hit; hands it back when there is no room or no recorder.
     fn offer(&self, hit: Hit) -> Option<Hit> {
-        let Some(sender) = self.sender.get() else {
+        let Some(lanes) = self.lanes.get() else {
             return Some(hit);
         };
-        match sender.try_send(Queued::Hit(hit)) {
+        let lane = &lanes[lane_of(&hit.message_id, lanes.len())];
+        match lane.try_send(Queued::Hit(hit)) {
             Ok(()) => None,
             Err(e) => match e.into_inner() {
                 Queued::Hit(hit) => Some(hit),
@@ -178,14 +196,25 @@ impl HitQueue {
 
     /// Waits until every hit accepted so far is recorded (or failed to be, and was logged).
     pub async fn flush(&self) {
-        let Some(sender) = self.sender.get() else {
+        let Some(lanes) = self.lanes.get() else {
             return;
         };
-        let (done, recorded) = oneshot::channel();
-        if sender.send(Queued::Flush(done)).await.is_ok() {
-            let _ = recorded.await;
+        for lane in lanes {
+            let (done, recorded) = oneshot::channel();
+            if lane.send(Queued::Flush(done)).await.is_ok() {
+                let _ = recorded.await;
+            }
         }
     }
+}
+
+/// The lane of a message's hits.
+fn lane_of(message_id: &str, lanes: usize) -> usize {
+    let hash = std::hash::BuildHasher::hash_one(
+        &std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default(),
+        message_id,
+    );
+    usize::try_from(hash % lanes.max(1) as u64).unwrap_or(0)
 }
 
 /// Queues a hit for the recorder, or records it now when the queue cannot take it.
