@@ -102,6 +102,18 @@ fn about(id: &str, message: &str, at: DateTime<Utc>, kind: DeliveryKind) -> Repo
     })
 }
 
+/// A soft bounce of Carl's message, known only by the provider's id.
+fn carl_soft_bounce(id: &str, at: DateTime<Utc>) -> Report {
+    report(R {
+        id,
+        message: None,
+        provider_message: Some("pm-c-carl"),
+        recipient: None,
+        at,
+        kind: soft(),
+    })
+}
+
 fn soft() -> DeliveryKind {
     DeliveryKind::Bounced {
         hard: false,
@@ -206,22 +218,8 @@ async fn a_batch_ends_as_its_reports_one_by_one(db: Db) {
             at: t,
             kind: DeliveryKind::Delivered,
         }),
-        report(R {
-            id: "e-7",
-            message: None,
-            provider_message: Some("pm-c-carl"),
-            recipient: None,
-            at: t,
-            kind: soft(),
-        }),
-        report(R {
-            id: "e-8",
-            message: None,
-            provider_message: Some("pm-c-carl"),
-            recipient: None,
-            at: t,
-            kind: soft(),
-        }),
+        carl_soft_bounce("e-7", t),
+        carl_soft_bounce("e-8", t),
         // An orphan: kept, and it still suppresses.
         report(R {
             id: "e-9",
@@ -317,14 +315,7 @@ async fn a_batch_ends_as_its_reports_one_by_one(db: Db) {
         about("e-4", &ana, t + s(3), clicked()),
         about("e-12", &dora, t, DeliveryKind::Complained),
         about("e-14", &ana, t + s(4), DeliveryKind::Complained),
-        report(R {
-            id: "e-15",
-            message: None,
-            provider_message: Some("pm-c-carl"),
-            recipient: None,
-            at: t,
-            kind: soft(),
-        }),
+        carl_soft_bounce("e-15", t),
     ];
     assert_eq!(
         batch(&app, &second).await,
