@@ -117,11 +117,19 @@ impl Application {
             ))
         });
         if let Some(listener) = self.listener {
+            let stop_hits = CancellationToken::new();
+            let hits = core.hits.start(Arc::clone(&core), stop_hits.clone());
             let router = crate::api::router(Arc::clone(&core));
             let stop = shutdown.clone();
-            axum::serve(listener, router)
+            let served = axum::serve(listener, router)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await?;
+                .await;
+            // Requests are done: record the hits they queued before the store closes.
+            stop_hits.cancel();
+            if let Some(recorder) = hits {
+                let _ = recorder.await;
+            }
+            served?;
         } else {
             shutdown.cancelled().await;
         }

@@ -59,6 +59,8 @@ pub struct Core {
     pub max_attempts: i64,
     /// `[sending]` etiquette defaults; workflows may override them.
     pub policy: crate::policy::Policy,
+    /// Open and click hits on their way to the database.
+    pub hits: crate::tracking::hits::HitQueue,
     wake: Notify,
 }
 
@@ -110,6 +112,7 @@ impl Core {
             worker_id: format!("{}-{}", hostname_hint(), uuid::Uuid::now_v7()),
             lease,
             poll,
+            hits: Default::default(),
             wake: Notify::new(),
         })
     }

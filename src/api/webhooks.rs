@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::{ApiError, AppState};
-use crate::feedback::{Report, emit_behavior, record};
+use crate::feedback::{Report, record_batch};
 use crate::webhook::{Outcome, Provider, WebhookError, WebhookRequest};
 
 /// How long confirming an SNS subscription may take before SNS is asked to retry.
@@ -68,18 +68,13 @@ pub async fn receive(
     }
     match parsed.outcome {
         Outcome::Events(events) => {
-            let (mut stored, mut duplicates) = (0, 0);
-            for event in &events {
-                match record(&mut tx, &core, &Report::from(event), now).await? {
-                    Some(recorded) => {
-                        emit_behavior(&mut tx, &core, &recorded, now).await?;
-                        stored += 1;
-                    }
-                    None => duplicates += 1,
-                }
-            }
+            let reports: Vec<Report> = events.iter().map(Report::from).collect();
+            let tally = record_batch(&mut tx, &core, &reports, now).await?;
             tx.commit().await?;
-            Ok(Json(json!({ "stored": stored, "duplicates": duplicates })).into_response())
+            Ok(
+                Json(json!({ "stored": tally.stored, "duplicates": tally.duplicates }))
+                    .into_response(),
+            )
         }
         Outcome::Ignored => {
             tx.commit().await?;

@@ -224,7 +224,10 @@ async fn measure(
         let prefix = format!("bench-{run_id}-");
         move |i: usize| format!("{prefix}{i}")
     };
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .context("cannot build the HTTP client")?;
     for start in (0..n).step_by(CONTACT_CHUNK) {
         let contacts: Vec<Value> = (start..(start + CONTACT_CHUNK).min(n))
             .map(|i| {
@@ -349,6 +352,7 @@ async fn post_events(
     contact_id: impl Fn(usize) -> String + Send + Sync + 'static,
 ) -> anyhow::Result<(usize, Option<String>)> {
     let http = reqwest::Client::builder()
+        .no_proxy()
         .pool_max_idle_per_host(concurrency)
         .build()
         .context("cannot build the HTTP client")?;

@@ -25,6 +25,29 @@ impl Tx {
         Ok(done == 1)
     }
 
+    /// Stores events in one statement, skipping ids that exist; answers how many were new.
+    /// Keep `events` within the bind-parameter limit (6 per event).
+    pub async fn insert_events(&mut self, events: &[Event]) -> Result<u64> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        Ok(on_conn!(self, c => {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO events (id, contact_id, name, properties, occurred_at, received_at) ",
+            );
+            q.push_values(events, |mut v, e| {
+                v.push_bind(&e.id)
+                    .push_bind(&e.contact_id)
+                    .push_bind(&e.name)
+                    .push_bind(&e.properties)
+                    .push_bind(e.occurred_at)
+                    .push_bind(e.received_at);
+            });
+            q.push(" ON CONFLICT (id) DO NOTHING");
+            q.build().execute(c).await?.rows_affected()
+        }))
+    }
+
     /// The contact's events named `name` that occurred at or after `since` (all when `None`).
     pub async fn contact_events(
         &mut self,

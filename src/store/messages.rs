@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{DeliveryRow, Message, Result, Tx, on_conn};
+use super::{DeliveryRow, Message, MessageFacts, Result, Tx, on_conn};
 
 impl Tx {
     /// Inserts the message unless its (journey, step, iteration) exists; returns the stored row.
@@ -140,33 +140,78 @@ impl Tx {
         }))
     }
 
-    /// Adds a ledger entry unless (provider, provider_event_id) is already there; answers
-    /// whether it was new, so a retried webhook changes nothing.
-    pub async fn insert_delivery(&mut self, e: &DeliveryRow) -> Result<bool> {
-        let done = on_conn!(self, c => {
-            sqlx::query(
-                "INSERT INTO delivery_events (id, provider, provider_event_id, message_id, provider_message_id,
-                   recipient, kind, severity, detail, machine, occurred_at, received_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-                 ON CONFLICT (provider, provider_event_id) DO NOTHING",
-            )
-            .bind(&e.id)
-            .bind(&e.provider)
-            .bind(&e.provider_event_id)
-            .bind(&e.message_id)
-            .bind(&e.provider_message_id)
-            .bind(&e.recipient)
-            .bind(&e.kind)
-            .bind(&e.severity)
-            .bind(&e.detail)
-            .bind(e.machine)
-            .bind(e.occurred_at)
-            .bind(e.received_at)
-            .execute(c)
-            .await?
-            .rows_affected()
+    /// Adds ledger entries whose (provider, provider_event_id) is not there yet, in one
+    /// statement, and answers the ids of those it stored: the others were seen before. Keep
+    /// `rows` within the bind-parameter limit (12 per row; SQLite allows 32,766).
+    pub async fn insert_deliveries(&mut self, rows: &[&DeliveryRow]) -> Result<Vec<String>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stored: Vec<(String,)> = on_conn!(self, c => {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO delivery_events (id, provider, provider_event_id, message_id,
+                   provider_message_id, recipient, kind, severity, detail, machine, occurred_at,
+                   received_at) ",
+            );
+            q.push_values(rows, |mut v, e| {
+                v.push_bind(&e.id)
+                    .push_bind(&e.provider)
+                    .push_bind(&e.provider_event_id)
+                    .push_bind(&e.message_id)
+                    .push_bind(&e.provider_message_id)
+                    .push_bind(&e.recipient)
+                    .push_bind(&e.kind)
+                    .push_bind(&e.severity)
+                    .push_bind(&e.detail)
+                    .push_bind(e.machine)
+                    .push_bind(e.occurred_at)
+                    .push_bind(e.received_at);
+            });
+            q.push(" ON CONFLICT (provider, provider_event_id) DO NOTHING RETURNING id");
+            q.build_query_as().fetch_all(c).await?
         });
-        Ok(done == 1)
+        Ok(stored.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// What feedback needs of the messages with these ids (those that exist).
+    pub async fn message_facts(&mut self, ids: &[&str]) -> Result<Vec<MessageFacts>> {
+        self.message_facts_where_in("id", ids).await
+    }
+
+    /// What feedback needs of the messages providers know by these ids (those that exist).
+    pub async fn message_facts_by_provider_ids(
+        &mut self,
+        ids: &[&str],
+    ) -> Result<Vec<MessageFacts>> {
+        self.message_facts_where_in("provider_message_id", ids)
+            .await
+    }
+
+    /// `column` is a constant of this module, never input.
+    async fn message_facts_where_in(
+        &mut self,
+        column: &str,
+        values: &[&str],
+    ) -> Result<Vec<MessageFacts>> {
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(on_conn!(self, c => {
+            let mut q = sqlx::QueryBuilder::new(format!(
+                "SELECT m.id, m.contact_id, m.workflow, m.step, m.template, m.to_email,
+                   m.provider_message_id, m.sent_at,
+                   EXISTS (SELECT 1 FROM contacts c WHERE c.id = m.contact_id) AS known,
+                   EXISTS (SELECT 1 FROM journeys j
+                     WHERE j.contact_id = m.contact_id AND j.status = 'active') AS active_journey
+                 FROM messages m WHERE m.{column} IN ("
+            ));
+            let mut list = q.separated(", ");
+            for value in values {
+                list.push_bind(*value);
+            }
+            q.push(")");
+            q.build_query_as::<MessageFacts>().fetch_all(c).await?
+        }))
     }
 
     /// Answers whether the message has a human (not machine) event of `kind`.
@@ -182,19 +227,6 @@ impl Tx {
             .await?
         });
         Ok(n.0 > 0)
-    }
-
-    /// The message a provider knows by `provider_message_id`.
-    pub async fn message_by_provider_id(
-        &mut self,
-        provider_message_id: &str,
-    ) -> Result<Option<Message>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as::<_, Message>("SELECT * FROM messages WHERE provider_message_id = $1 LIMIT 1")
-                .bind(provider_message_id)
-                .fetch_optional(c)
-                .await?
-        }))
     }
 
     /// Soft bounces of `recipient` since `since`.

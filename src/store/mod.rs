@@ -84,11 +84,17 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            // The one writer connection gets a larger page cache (64 MiB, default 2 MiB): every
-            // write goes through it, and index pages of big tables stay hot.
+            // The one writer keeps the pages it touches (ledger and event indexes, 64 MiB) and
+            // its statement journals in memory.
             let writer = SqlitePoolOptions::new()
                 .max_connections(1)
-                .connect_with(options.clone().pragma("cache_size", "-65536"))
+                .connect_with(
+                    options
+                        .clone()
+                        .pragma("cache_size", "-65536")
+                        .pragma("temp_store", "memory")
+                        .pragma("wal_autocheckpoint", "8000"),
+                )
                 .await?;
             let reader = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(2))

@@ -117,6 +117,30 @@ pub struct Message {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
+/// What delivery feedback needs of a message, and of its contact.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MessageFacts {
+    pub id: String,
+    pub contact_id: String,
+    pub workflow: String,
+    pub step: String,
+    pub template: String,
+    pub to_email: String,
+    pub provider_message_id: Option<String>,
+    pub sent_at: Option<DateTime<Utc>>,
+    #[sqlx(flatten)]
+    pub contact: ContactActivity,
+}
+
+/// What delivery feedback needs to know about a contact before applying its events.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ContactActivity {
+    /// The contact row exists.
+    pub known: bool,
+    /// The contact has an active journey.
+    pub active_journey: bool,
+}
+
 /// One delivery-ledger entry: a provider webhook event, an own tracking hit, or engagement
 /// posted as an event. `message_id` is `None` for orphans no message could be matched to.
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]

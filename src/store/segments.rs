@@ -489,25 +489,9 @@ impl Tx {
     /// Stores many events at once, as they happened, without applying their effects
     /// (imports and benchmarks; a recompute brings segments up to date afterwards).
     pub async fn import_events(&mut self, events: &[super::Event]) -> Result<()> {
+        // 6 values an event keeps 1000-event statements under SQLite's bound-parameter limit.
         for chunk in events.chunks(1000) {
-            let sql = format!(
-                "INSERT INTO events (id, contact_id, name, properties, occurred_at, received_at) VALUES {}
-                 ON CONFLICT (id) DO NOTHING",
-                values(chunk.len(), 6)
-            );
-            on_conn!(self, c => {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-                for e in chunk {
-                    q = q
-                        .bind(&e.id)
-                        .bind(&e.contact_id)
-                        .bind(&e.name)
-                        .bind(&e.properties)
-                        .bind(e.occurred_at)
-                        .bind(e.received_at);
-                }
-                q.execute(c).await?;
-            });
+            self.insert_events(chunk).await?;
         }
         Ok(())
     }

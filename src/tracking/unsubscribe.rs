@@ -9,7 +9,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
 use crate::api::AppState;
-use crate::feedback::{Report, emit_behavior, record};
+use crate::feedback::{Report, record_batch};
 use crate::webhook::DeliveryKind;
 
 /// Token purpose for unsubscribe links.
@@ -73,9 +73,7 @@ async fn unsubscribe(State(core): State<AppState>, Path(token): Path<String>) ->
             occurred_at: now,
             kind: DeliveryKind::Unsubscribed,
         };
-        if let Some(recorded) = record(&mut tx, &core, &report, now).await? {
-            emit_behavior(&mut tx, &core, &recorded, now).await?;
-        }
+        record_batch(&mut tx, &core, &[report], now).await?;
         tx.commit().await?;
         Ok(true)
     }

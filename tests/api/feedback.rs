@@ -292,6 +292,8 @@ async fn own_click_tracking_drives_the_branch(db: Db) {
         .await
         .unwrap();
     assert_eq!(pixel.headers()["content-type"], "image/gif");
+    // Hits are recorded after the answer, in batches: wait for that.
+    app.core.hits.flush().await;
     // A tampered click token: 404 and no redirect.
     let tampered = format!("{}A", local(&clicks[0]));
     let bad = no_redirects.get(&tampered).send().await.unwrap();
@@ -308,6 +310,7 @@ async fn own_click_tracking_drives_the_branch(db: Db) {
         .unwrap();
     assert_eq!(hit.status(), 302);
     assert_eq!(hit.headers()["location"], "https://shop.example/cart/k-1");
+    app.core.hits.flush().await;
     let reminder = app.messages_of("c-1").await[0]["id"]
         .as_str()
         .unwrap()
@@ -357,6 +360,7 @@ async fn scanner_clicks_are_not_engagement(db: Db) {
         .await
         .unwrap();
     assert_eq!(hit.status(), 302);
+    app.core.hits.flush().await;
     app.advance(TimeDelta::hours(23)).await;
     let stored = app.messages_of("c-1").await;
     assert!(

@@ -8,6 +8,7 @@ mod durability;
 mod feedback;
 mod journeys;
 mod providers;
+mod record_batch;
 mod segments;
 mod timing;
 mod validation;
