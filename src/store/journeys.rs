@@ -44,6 +44,27 @@ impl Tx {
         }))
     }
 
+    /// Journey `journey_id` when `worker` holds job `job_id` (one statement for the lease check
+    /// and the read). `None` when the lease is lost or the journey is gone.
+    pub async fn held_journey(
+        &mut self,
+        job_id: &str,
+        worker: &str,
+        journey_id: &str,
+    ) -> Result<Option<Journey>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as::<_, Journey>(
+                "SELECT journeys.* FROM jobs JOIN journeys ON journeys.id = $3
+                 WHERE jobs.id = $1 AND jobs.locked_by = $2 AND jobs.status = 'running'",
+            )
+            .bind(job_id)
+            .bind(worker)
+            .bind(journey_id)
+            .fetch_optional(c)
+            .await?
+        }))
+    }
+
     /// The latest journey of `workflow` for this contact and key, active or not.
     pub async fn latest_journey(
         &mut self,
@@ -138,6 +159,32 @@ impl Tx {
                 .await?;
         });
         Ok(())
+    }
+
+    /// Ends an active journey with `status` without touching jobs: for the worker that has
+    /// just finished the journey's only job. Answers false when it had already ended.
+    pub async fn close_journey(
+        &mut self,
+        id: &str,
+        status: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        debug_assert!(status != journey_status::ACTIVE);
+        let done = on_conn!(self, c => {
+            sqlx::query(
+                "UPDATE journeys SET status = $2, step = NULL, ended_at = $3, updated_at = $3, end_reason = $4
+                 WHERE id = $1 AND status = 'active'",
+            )
+            .bind(id)
+            .bind(status)
+            .bind(now)
+            .bind(reason)
+            .execute(c)
+            .await?
+            .rows_affected()
+        });
+        Ok(done == 1)
     }
 
     /// Ends an active journey with `status` (see [`journey_status`]) and stops its job.

@@ -13,7 +13,7 @@ use super::program::Node;
 use super::timing::local_instant;
 use super::trigger::contact_view;
 use crate::core::Core;
-use crate::send::{self, Delivery};
+use crate::send::{self, Delivery, Prepared};
 use crate::store::{Job, Journey, Result, Tx, job_status, journey_status};
 
 /// How a job run ended.
@@ -55,13 +55,15 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
     loop {
         let now = core.clock.now();
         let mut tx = core.store.write().await?;
-        if !tx.holds_job(&job.id, &core.worker_id).await? {
-            tx.rollback().await?;
-            return Ok(Outcome::LeaseLost);
-        }
-        let journey = match tx.get_journey(journey_id).await? {
+        // One statement checks the lease and reads the journey; only when it finds nothing
+        // does a second one tell a lost lease from a journey that is gone.
+        let journey = match tx.held_journey(&job.id, &core.worker_id, journey_id).await? {
             Some(j) if j.status == journey_status::ACTIVE => j,
-            _ => {
+            found => {
+                if found.is_none() && !tx.holds_job(&job.id, &core.worker_id).await? {
+                    tx.rollback().await?;
+                    return Ok(Outcome::LeaseLost);
+                }
                 tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
                     .await?;
                 tx.commit().await?;
@@ -145,32 +147,33 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
             }
             StepKind::Exit => Move::End(journey_status::COMPLETED, "exit step".to_owned()),
             StepKind::Send(spec) => {
-                // The send pipeline manages its own short transactions around the network call.
-                tx.commit().await?;
-                match send::deliver(core, &journey, &node, spec).await? {
-                    Delivery::Resolved => {
-                        due = core.clock.now();
-                        let mut tx = core.store.write().await?;
-                        if !tx.holds_job(&job.id, &core.worker_id).await? {
-                            tx.rollback().await?;
-                            return Ok(Outcome::LeaseLost);
+                // The message row and the move to `sending` share this step's transaction;
+                // it commits before the transport is called, and the receipt and the
+                // journey's next move share the one after it.
+                let handover = match send::prepare(core, &mut tx, &journey, &node, spec, now)
+                    .await?
+                {
+                    Prepared::Done(Delivery::Resolved) => Move::To(node.next.clone()),
+                    Prepared::Done(delivery) => {
+                        match after_send(tx, core, job, &journey, &node, delivery, now).await? {
+                            Some(outcome) => return Ok(outcome),
+                            None => continue,
                         }
-                        if let Some(outcome) =
-                            go(&mut tx, core, job, &journey, node.next.clone(), now).await?
-                        {
-                            tx.commit().await?;
-                            return Ok(outcome);
-                        }
+                    }
+                    Prepared::Send(handover) => {
                         tx.commit().await?;
-                        continue;
+                        let result = send::transmit(core, &handover).await;
+                        let now = core.clock.now();
+                        let mut tx = core.store.write().await?;
+                        let delivery = send::record(&mut tx, &handover, result, now).await?;
+                        due = now;
+                        match after_send(tx, core, job, &journey, &node, delivery, now).await? {
+                            Some(outcome) => return Ok(outcome),
+                            None => continue,
+                        }
                     }
-                    Delivery::Retry { error, retry_after } => {
-                        return retry(core, job, &journey, &node, &error, retry_after).await;
-                    }
-                    Delivery::Defer { until, reason } => {
-                        return defer(core, job, &reason, until).await;
-                    }
-                }
+                };
+                handover
             }
         };
         let outcome = match mv {
@@ -237,7 +240,8 @@ fn locate(core: &Core, journey: &Journey) -> Result<Node, String> {
     })
 }
 
-/// Moves to `target` and keeps running (`None`), or completes the journey at the end.
+/// Moves to `target` and keeps running (`None`), or completes the journey at the end. The
+/// caller's transaction already checked the lease.
 async fn go(
     tx: &mut Tx,
     core: &Core,
@@ -257,8 +261,8 @@ async fn go(
                 Ok(Some(Outcome::Done))
             }
         }
-        None => {
-            end(
+        None => Ok(Some(
+            if end(
                 tx,
                 core,
                 job,
@@ -267,12 +271,19 @@ async fn go(
                 "completed",
                 now,
             )
-            .await?;
-            Ok(Some(Outcome::Done))
-        }
+            .await?
+            {
+                Outcome::Done
+            } else {
+                Outcome::LeaseLost
+            },
+        )),
     }
 }
 
+/// Finishes the worker's job and ends its journey; answers false, changing nothing, when the
+/// worker no longer holds the job. A journey has one job, so finishing it closes the journey's
+/// work.
 async fn end(
     tx: &mut Tx,
     core: &Core,
@@ -281,14 +292,70 @@ async fn end(
     status: &str,
     reason: &str,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<bool> {
+    if !tx
+        .finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
+        .await?
+    {
+        return Ok(false);
+    }
     if status == journey_status::FAILED {
         tracing::warn!(journey = %journey.id, workflow = %journey.workflow, reason, "journey failed");
     }
-    tx.end_journey(&journey.id, status, reason, now).await?;
-    tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
-        .await?;
-    Ok(())
+    tx.close_journey(&journey.id, status, reason, now).await?;
+    Ok(true)
+}
+
+/// Finishes a send step in the transaction that recorded its receipt (committed whatever
+/// happens, since the receipt must stay): the journey's next move when this worker still holds
+/// the job, else nothing more. `None`: the journey moved on to its next step; keep running.
+async fn after_send(
+    mut tx: Tx,
+    core: &Core,
+    job: &Job,
+    journey: &Journey,
+    node: &Node,
+    delivery: Delivery,
+    now: DateTime<Utc>,
+) -> Result<Option<Outcome>> {
+    let outcome = match delivery {
+        Delivery::Resolved => match &node.next {
+            // Finishing the job checks the lease in the same statement.
+            None => Some(
+                if end(
+                    &mut tx,
+                    core,
+                    job,
+                    journey,
+                    journey_status::COMPLETED,
+                    "completed",
+                    now,
+                )
+                .await?
+                {
+                    Outcome::Done
+                } else {
+                    Outcome::LeaseLost
+                },
+            ),
+            Some(_) if !tx.holds_job(&job.id, &core.worker_id).await? => Some(Outcome::LeaseLost),
+            Some(next) => go(&mut tx, core, job, journey, Some(next.clone()), now).await?,
+        },
+        Delivery::Retry { error, retry_after } => Some(
+            retry(&mut tx, core, job, journey, node, &error, retry_after, now).await?,
+        ),
+        Delivery::Defer { until, reason } => {
+            Some(defer(&mut tx, core, job, &reason, until, now).await?)
+        }
+    };
+    tx.commit().await?;
+    if matches!(
+        outcome,
+        Some(Outcome::Retrying(_) | Outcome::Deferred(_))
+    ) {
+        core.wake_scheduler();
+    }
+    Ok(outcome)
 }
 
 async fn finish(core: &Core, job: &Job, status: &str, error: Option<&str>) -> Result<Outcome> {
@@ -304,52 +371,52 @@ async fn finish(core: &Core, job: &Job, status: &str, error: Option<&str>) -> Re
 }
 
 /// Re-queues the job after a transient send failure, or gives up when out of attempts.
+#[allow(clippy::too_many_arguments)]
 async fn retry(
+    tx: &mut Tx,
     core: &Core,
     job: &Job,
     journey: &Journey,
     node: &Node,
     error: &str,
     retry_after: Option<std::time::Duration>,
+    now: DateTime<Utc>,
 ) -> Result<Outcome> {
-    let now = core.clock.now();
-    let mut tx = core.store.write().await?;
     if job.attempts >= job.max_attempts {
         let reason = format!("gave up after {} attempts: {error}", job.attempts);
-        send::give_up(&mut tx, journey, &node.key, &reason, now).await?;
+        send::give_up(tx, journey, &node.key, &reason, now).await?;
         tx.end_journey(&journey.id, journey_status::FAILED, &reason, now)
             .await?;
         // end_journey closed the job as done; mark it dead so it shows up as such.
-        crate::scheduler::mark_dead(&mut tx, &job.id, &reason, now).await?;
-        tx.commit().await?;
+        crate::scheduler::mark_dead(tx, &job.id, &reason, now).await?;
         return Ok(Outcome::Dead);
     }
     let delay = crate::scheduler::backoff(job.attempts, retry_after);
     let at = now + delay;
     tx.requeue_job(&job.id, &core.worker_id, at, false, Some(error), now)
         .await?;
-    tx.commit().await?;
-    core.wake_scheduler();
     Ok(Outcome::Retrying(at))
 }
 
 /// Re-queues the job for `until` (quiet hours end, the frequency cap allows, a provider quota
 /// resets) without counting the attempt: waiting is not a failure of the message, and must not
 /// exhaust its attempts.
-async fn defer(core: &Core, job: &Job, error: &str, until: DateTime<Utc>) -> Result<Outcome> {
-    let now = core.clock.now();
-    let mut tx = core.store.write().await?;
+async fn defer(
+    tx: &mut Tx,
+    core: &Core,
+    job: &Job,
+    error: &str,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Outcome> {
     let at = until.max(now);
     if !tx
         .defer_job(&job.id, &core.worker_id, at, error, now)
         .await?
     {
-        tx.rollback().await?;
         return Ok(Outcome::LeaseLost);
     }
-    tx.commit().await?;
     tracing::info!(job = %job.id, until = %at, reason = error, "send deferred");
-    core.wake_scheduler();
     Ok(Outcome::Deferred(at))
 }
 
