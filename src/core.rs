@@ -57,6 +57,8 @@ pub struct Core {
     pub max_attempts: i64,
     /// `[sending]` etiquette defaults; workflows may override them.
     pub policy: crate::policy::Policy,
+    /// Receipts of sends that finish together commit in one transaction.
+    pub receipts: crate::store::GroupCommit,
     wake: Notify,
 }
 
@@ -104,6 +106,7 @@ impl Core {
             worker_id: format!("{}-{}", hostname_hint(), uuid::Uuid::now_v7()),
             lease,
             poll,
+            receipts: Default::default(),
             wake: Notify::new(),
         })
     }

@@ -25,7 +25,7 @@ use crate::workflow::program::Node;
 use crate::workflow::trigger::contact_view;
 
 /// What became of a send step.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Delivery {
     /// The message reached a final state (sent, suppressed, failed, unknown): move on.
     Resolved,
@@ -262,41 +262,49 @@ pub async fn transmit(core: &Core, handover: &Handover) -> Result<Sent, SendErro
         .await
 }
 
-/// Records what the transport answered, in the caller's write transaction. This is the
-/// receipt: it does not depend on the job's lease, since the message went (or did not) either
-/// way.
-pub async fn record(
-    tx: &mut Tx,
-    handover: &Handover,
-    result: Result<Sent, SendError>,
-    now: DateTime<Utc>,
-) -> Result<Delivery> {
-    let id = &handover.message_id;
-    let (to, detail, delivery) = match result {
-        Ok(sent) => {
-            let provider_id = sent.receipt.provider_message_id.as_deref();
-            tx.transition_message(
-                id,
-                ms::SENDING,
-                ms::SENT,
-                Some(&sent.receipt.response),
-                provider_id,
-                None,
-                Some(&sent.transport),
-                now,
-            )
-            .await?;
-            return Ok(Delivery::Resolved);
-        }
+/// What the transport answered about a handed-over message, as it will be recorded.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    message_id: String,
+    /// The message's new status.
+    status: &'static str,
+    detail: String,
+    provider_message_id: Option<String>,
+    /// The transport that took it (the route's, or a fallback).
+    transport: Option<String>,
+    /// Suppress this address (a hard bounce).
+    suppress: Option<String>,
+    /// What the step does next.
+    pub delivery: Delivery,
+}
+
+/// Turns the transport's answer into the [`Receipt`] to record.
+pub fn receipt(handover: &Handover, result: Result<Sent, SendError>, now: DateTime<Utc>) -> Receipt {
+    let message_id = handover.message_id.clone();
+    let receipt = |status, detail, delivery| Receipt {
+        message_id: message_id.clone(),
+        status,
+        detail,
+        provider_message_id: None,
+        transport: None,
+        suppress: None,
+        delivery,
+    };
+    match result {
+        Ok(sent) => Receipt {
+            provider_message_id: sent.receipt.provider_message_id,
+            transport: Some(sent.transport),
+            ..receipt(ms::SENT, sent.receipt.response, Delivery::Resolved)
+        },
         Err(e) if e.after_data => {
             let detail = format!("connection lost after the message was transmitted: {e}");
-            (ms::UNKNOWN, detail, Delivery::Resolved)
+            receipt(ms::UNKNOWN, detail, Delivery::Resolved)
         }
         Err(e) if e.deferred_until.is_some() => {
             let detail = e.to_string();
             let until = e.deferred_until.unwrap_or(now);
             let reason = detail.clone();
-            (ms::PENDING, detail, Delivery::Defer { until, reason })
+            receipt(ms::PENDING, detail, Delivery::Defer { until, reason })
         }
         Err(e) if e.is_transient() => {
             let detail = e.to_string();
@@ -304,20 +312,34 @@ pub async fn record(
                 error: detail.clone(),
                 retry_after: e.retry_after,
             };
-            (ms::PENDING, detail, retry)
+            receipt(ms::PENDING, detail, retry)
         }
-        Err(e) => {
-            let detail = e.to_string();
-            if e.is_hard_bounce() {
-                tx.suppress(&handover.to_email, "hard_bounce", Some(&detail), now)
-                    .await?;
-            }
-            (ms::FAILED, detail, Delivery::Resolved)
-        }
-    };
-    tx.transition_message(id, ms::SENDING, to, Some(&detail), None, None, None, now)
-        .await?;
-    Ok(delivery)
+        Err(e) => Receipt {
+            suppress: e.is_hard_bounce().then(|| handover.to_email.clone()),
+            ..receipt(ms::FAILED, e.to_string(), Delivery::Resolved)
+        },
+    }
+}
+
+/// Records a [`Receipt`] in the caller's write transaction. It does not depend on the job's
+/// lease: the message went (or did not) either way.
+pub async fn record(tx: &mut Tx, receipt: &Receipt, now: DateTime<Utc>) -> Result<()> {
+    if let Some(email) = &receipt.suppress {
+        tx.suppress(email, "hard_bounce", Some(&receipt.detail), now)
+            .await?;
+    }
+    tx.transition_message(
+        &receipt.message_id,
+        ms::SENDING,
+        receipt.status,
+        Some(&receipt.detail),
+        receipt.provider_message_id.as_deref(),
+        None,
+        receipt.transport.as_deref(),
+        now,
+    )
+    .await?;
+    Ok(())
 }
 
 /// Records a final status for a message that was never handed to a transport.

@@ -5,6 +5,7 @@
 
 mod contacts;
 mod events;
+mod group;
 mod jobs;
 mod journeys;
 mod messages;
@@ -18,6 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
+pub use group::{GroupCommit, TxFuture};
 pub use jobs::{NextDue, earliest};
 pub use models::*;
 
@@ -27,6 +29,8 @@ pub enum StoreError {
     Sqlx(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("a batched write was abandoned before it committed")]
+    Abandoned,
     #[error("unsupported database url `{0}`: use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
 }

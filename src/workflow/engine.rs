@@ -2,6 +2,8 @@
 //! needs a retry. Every move is committed before the next step starts, and every change checks
 //! that this worker still holds the job's lease, so a journey never runs on two workers at once.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Datelike, NaiveTime, TimeDelta, Utc, Weekday};
 use chrono_tz::Tz;
 use serde_json::Value;
@@ -75,7 +77,7 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
             Err(reason) => {
                 end(
                     &mut tx,
-                    core,
+                    &core.worker_id,
                     job,
                     &journey,
                     journey_status::FAILED,
@@ -155,7 +157,11 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
                 {
                     Prepared::Done(Delivery::Resolved) => Move::To(node.next.clone()),
                     Prepared::Done(delivery) => {
-                        match after_send(tx, core, job, &journey, &node, delivery, now).await? {
+                        let outcome =
+                            next_move(&mut tx, &core.worker_id, job, &journey, &node, &delivery, now)
+                                .await?;
+                        tx.commit().await?;
+                        match requeued(core, outcome) {
                             Some(outcome) => return Ok(outcome),
                             None => continue,
                         }
@@ -164,10 +170,29 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
                         tx.commit().await?;
                         let result = send::transmit(core, &handover).await;
                         let now = core.clock.now();
-                        let mut tx = core.store.write().await?;
-                        let delivery = send::record(&mut tx, &handover, result, now).await?;
+                        let receipt = send::receipt(&handover, result, now);
+                        // Receipts of sends that finish together share one transaction.
+                        let step = Arc::new((
+                            receipt,
+                            core.worker_id.clone(),
+                            job.clone(),
+                            journey.clone(),
+                            node.clone(),
+                        ));
+                        let outcome = core
+                            .receipts
+                            .run(&core.store, move |tx| {
+                                let step = Arc::clone(&step);
+                                Box::pin(async move {
+                                    let (receipt, worker, job, journey, node) = &*step;
+                                    send::record(tx, receipt, now).await?;
+                                    next_move(tx, worker, job, journey, node, &receipt.delivery, now)
+                                        .await
+                                })
+                            })
+                            .await?;
                         due = now;
-                        match after_send(tx, core, job, &journey, &node, delivery, now).await? {
+                        match requeued(core, outcome) {
                             Some(outcome) => return Ok(outcome),
                             None => continue,
                         }
@@ -177,9 +202,9 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
             }
         };
         let outcome = match mv {
-            Move::To(target) => go(&mut tx, core, job, &journey, target, now).await?,
+            Move::To(target) => go(&mut tx, &core.worker_id, job, &journey, target, now).await?,
             Move::End(status, reason) => {
-                end(&mut tx, core, job, &journey, status, &reason, now).await?;
+                end(&mut tx, &core.worker_id, job, &journey, status, &reason, now).await?;
                 Some(Outcome::Done)
             }
         };
@@ -206,7 +231,7 @@ async fn park(
     let Some(next) = next else {
         end(
             &mut tx,
-            core,
+            &core.worker_id,
             job,
             journey,
             journey_status::COMPLETED,
@@ -244,7 +269,7 @@ fn locate(core: &Core, journey: &Journey) -> Result<Node, String> {
 /// caller's transaction already checked the lease.
 async fn go(
     tx: &mut Tx,
-    core: &Core,
+    worker: &str,
     job: &Job,
     journey: &Journey,
     target: Option<String>,
@@ -256,7 +281,7 @@ async fn go(
                 Ok(None)
             } else {
                 // The journey exited while this step ran.
-                tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
+                tx.finish_job(&job.id, worker, job_status::DONE, None, now)
                     .await?;
                 Ok(Some(Outcome::Done))
             }
@@ -264,7 +289,7 @@ async fn go(
         None => Ok(Some(
             if end(
                 tx,
-                core,
+                worker,
                 job,
                 journey,
                 journey_status::COMPLETED,
@@ -286,7 +311,7 @@ async fn go(
 /// work.
 async fn end(
     tx: &mut Tx,
-    core: &Core,
+    worker: &str,
     job: &Job,
     journey: &Journey,
     status: &str,
@@ -294,7 +319,7 @@ async fn end(
     now: DateTime<Utc>,
 ) -> Result<bool> {
     if !tx
-        .finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
+        .finish_job(&job.id, worker, job_status::DONE, None, now)
         .await?
     {
         return Ok(false);
@@ -306,25 +331,26 @@ async fn end(
     Ok(true)
 }
 
-/// Finishes a send step in the transaction that recorded its receipt (committed whatever
-/// happens, since the receipt must stay): the journey's next move when this worker still holds
-/// the job, else nothing more. `None`: the journey moved on to its next step; keep running.
-async fn after_send(
-    mut tx: Tx,
-    core: &Core,
+/// The journey's next move after a send step, in the transaction that records the step's
+/// outcome (which commits whatever happens, since a receipt must stay): when this worker still
+/// holds the job, move on, retry or defer; else change nothing more. `None`: the journey moved
+/// on to its next step; keep running.
+async fn next_move(
+    tx: &mut Tx,
+    worker: &str,
     job: &Job,
     journey: &Journey,
     node: &Node,
-    delivery: Delivery,
+    delivery: &Delivery,
     now: DateTime<Utc>,
 ) -> Result<Option<Outcome>> {
-    let outcome = match delivery {
+    Ok(match delivery {
         Delivery::Resolved => match &node.next {
             // Finishing the job checks the lease in the same statement.
             None => Some(
                 if end(
-                    &mut tx,
-                    core,
+                    tx,
+                    worker,
                     job,
                     journey,
                     journey_status::COMPLETED,
@@ -338,24 +364,24 @@ async fn after_send(
                     Outcome::LeaseLost
                 },
             ),
-            Some(_) if !tx.holds_job(&job.id, &core.worker_id).await? => Some(Outcome::LeaseLost),
-            Some(next) => go(&mut tx, core, job, journey, Some(next.clone()), now).await?,
+            Some(_) if !tx.holds_job(&job.id, worker).await? => Some(Outcome::LeaseLost),
+            Some(next) => go(tx, worker, job, journey, Some(next.clone()), now).await?,
         },
-        Delivery::Retry { error, retry_after } => Some(
-            retry(&mut tx, core, job, journey, node, &error, retry_after, now).await?,
-        ),
-        Delivery::Defer { until, reason } => {
-            Some(defer(&mut tx, core, job, &reason, until, now).await?)
+        Delivery::Retry { error, retry_after } => {
+            Some(retry(tx, worker, job, journey, node, error, *retry_after, now).await?)
         }
-    };
-    tx.commit().await?;
-    if matches!(
-        outcome,
-        Some(Outcome::Retrying(_) | Outcome::Deferred(_))
-    ) {
+        Delivery::Defer { until, reason } => {
+            Some(defer(tx, worker, job, reason, *until, now).await?)
+        }
+    })
+}
+
+/// Wakes the scheduler when a committed outcome queued the job again.
+fn requeued(core: &Core, outcome: Option<Outcome>) -> Option<Outcome> {
+    if matches!(outcome, Some(Outcome::Retrying(_) | Outcome::Deferred(_))) {
         core.wake_scheduler();
     }
-    Ok(outcome)
+    outcome
 }
 
 async fn finish(core: &Core, job: &Job, status: &str, error: Option<&str>) -> Result<Outcome> {
@@ -374,7 +400,7 @@ async fn finish(core: &Core, job: &Job, status: &str, error: Option<&str>) -> Re
 #[allow(clippy::too_many_arguments)]
 async fn retry(
     tx: &mut Tx,
-    core: &Core,
+    worker: &str,
     job: &Job,
     journey: &Journey,
     node: &Node,
@@ -393,7 +419,7 @@ async fn retry(
     }
     let delay = crate::scheduler::backoff(job.attempts, retry_after);
     let at = now + delay;
-    tx.requeue_job(&job.id, &core.worker_id, at, false, Some(error), now)
+    tx.requeue_job(&job.id, worker, at, false, Some(error), now)
         .await?;
     Ok(Outcome::Retrying(at))
 }
@@ -403,7 +429,7 @@ async fn retry(
 /// exhaust its attempts.
 async fn defer(
     tx: &mut Tx,
-    core: &Core,
+    worker: &str,
     job: &Job,
     error: &str,
     until: DateTime<Utc>,
@@ -411,7 +437,7 @@ async fn defer(
 ) -> Result<Outcome> {
     let at = until.max(now);
     if !tx
-        .defer_job(&job.id, &core.worker_id, at, error, now)
+        .defer_job(&job.id, worker, at, error, now)
         .await?
     {
         return Ok(Outcome::LeaseLost);

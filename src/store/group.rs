@@ -1,0 +1,122 @@
+//! Group commit: short write transactions submitted at the same time run one after another in
+//! one database transaction, so a burst of them pays for one `BEGIN`/`COMMIT` (and, on
+//! PostgreSQL, one WAL flush) instead of one each. No background task: the first submitter
+//! to get the leader lock runs everything queued so far, and the others find their result
+//! ready when they get it.
+//!
+//! Each operation must be re-runnable: when any operation of a batch fails, or the commit does,
+//! the batch is rolled back and every operation runs again alone, so one failure never costs
+//! another its write.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::oneshot;
+
+use super::{Result, Store, StoreError, Tx};
+
+/// A future that borrows the transaction it runs in.
+pub type TxFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 't>>;
+
+type Op = Box<dyn for<'t> FnMut(&'t mut Tx) -> TxFuture<'t, ()> + Send>;
+
+struct Pending {
+    op: Op,
+    done: oneshot::Sender<Result<()>>,
+}
+
+/// Most operations in one transaction.
+const MAX_BATCH: usize = 256;
+
+#[derive(Default)]
+pub struct GroupCommit {
+    queue: Mutex<Vec<Pending>>,
+    leader: tokio::sync::Mutex<()>,
+}
+
+impl GroupCommit {
+    /// Runs `op` in a write transaction of `store`, possibly together with other operations
+    /// submitted meanwhile, and answers once that transaction committed (or `op` failed).
+    pub async fn run<T, F>(&self, store: &Store, mut op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'t> FnMut(&'t mut Tx) -> TxFuture<'t, T> + Send + 'static,
+    {
+        let slot = Arc::new(Mutex::new(None));
+        let out = Arc::clone(&slot);
+        let erased: Op = Box::new(move |tx| {
+            let future = op(tx);
+            let out = Arc::clone(&out);
+            Box::pin(async move {
+                let value = future.await?;
+                *out.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
+                Ok(())
+            })
+        });
+        let (done, mut answer) = oneshot::channel();
+        self.queue().push(Pending { op: erased, done });
+        loop {
+            let leader = self.leader.lock().await;
+            // A leader sends every result of its batch before it lets go of the lock.
+            match answer.try_recv() {
+                Ok(result) => {
+                    result?;
+                    break;
+                }
+                Err(oneshot::error::TryRecvError::Closed) => return Err(StoreError::Abandoned),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let batch: Vec<Pending> = {
+                let mut queue = self.queue();
+                let n = queue.len().min(MAX_BATCH);
+                queue.drain(..n).collect()
+            };
+            run_batch(store, batch).await;
+            drop(leader);
+        }
+        let value = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        value.ok_or(StoreError::Abandoned)
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+async fn run_batch(store: &Store, mut batch: Vec<Pending>) {
+    if batch.len() > 1 {
+        match together(store, &mut batch).await {
+            Ok(()) => {
+                for p in batch {
+                    let _ = p.done.send(Ok(()));
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, ops = batch.len(), "batched write failed; running its operations one by one");
+            }
+        }
+    }
+    for mut p in batch {
+        let result = alone(store, &mut p.op).await;
+        let _ = p.done.send(result);
+    }
+}
+
+async fn together(store: &Store, batch: &mut [Pending]) -> Result<()> {
+    let mut tx = store.write().await?;
+    for p in batch.iter_mut() {
+        if let Err(e) = (p.op)(&mut tx).await {
+            tx.rollback().await?;
+            return Err(e);
+        }
+    }
+    tx.commit().await
+}
+
+async fn alone(store: &Store, op: &mut Op) -> Result<()> {
+    let mut tx = store.write().await?;
+    op(&mut tx).await?;
+    tx.commit().await
+}
