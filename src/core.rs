@@ -57,8 +57,9 @@ pub struct Core {
     pub max_attempts: i64,
     /// `[sending]` etiquette defaults; workflows may override them.
     pub policy: crate::policy::Policy,
-    /// Receipts of sends that finish together commit in one transaction.
-    pub receipts: crate::store::GroupCommit,
+    /// Journey steps and send receipts that workers reach together commit in one
+    /// transaction.
+    pub group: crate::store::GroupCommit<Core>,
     wake: Notify,
 }
 
@@ -106,7 +107,7 @@ impl Core {
             worker_id: format!("{}-{}", hostname_hint(), uuid::Uuid::now_v7()),
             lease,
             poll,
-            receipts: Default::default(),
+            group: Default::default(),
             wake: Notify::new(),
         })
     }

@@ -127,7 +127,14 @@ pub async fn prepare(
         _ => return Ok(Prepared::Done(Delivery::Resolved)),
     }
     let Some(contact) = contact else {
-        return resolve(tx, &message, ms::SUPPRESSED, "contact no longer exists", now).await;
+        return resolve(
+            tx,
+            &message,
+            ms::SUPPRESSED,
+            "contact no longer exists",
+            now,
+        )
+        .await;
     };
     if let Some(reason) = blocked(tx, &contact, category).await? {
         return resolve(tx, &message, ms::SUPPRESSED, &reason, now).await;
@@ -279,7 +286,11 @@ pub struct Receipt {
 }
 
 /// Turns the transport's answer into the [`Receipt`] to record.
-pub fn receipt(handover: &Handover, result: Result<Sent, SendError>, now: DateTime<Utc>) -> Receipt {
+pub fn receipt(
+    handover: &Handover,
+    result: Result<Sent, SendError>,
+    now: DateTime<Utc>,
+) -> Receipt {
     let message_id = handover.message_id.clone();
     let receipt = |status, detail, delivery| Receipt {
         message_id: message_id.clone(),

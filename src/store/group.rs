@@ -19,34 +19,44 @@ use super::{Result, Store, StoreError, Tx};
 /// A future that borrows the transaction it runs in.
 pub type TxFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 't>>;
 
-type Op = Box<dyn for<'t> FnMut(&'t mut Tx) -> TxFuture<'t, ()> + Send>;
+type Op<C> = Box<dyn for<'t> FnMut(&'t C, &'t mut Tx) -> TxFuture<'t, ()> + Send>;
 
-struct Pending {
-    op: Op,
+struct Pending<C> {
+    op: Op<C>,
     done: oneshot::Sender<Result<()>>,
 }
 
 /// Most operations in one transaction.
 const MAX_BATCH: usize = 256;
 
-#[derive(Default)]
-pub struct GroupCommit {
-    queue: Mutex<Vec<Pending>>,
+/// Operations queued for one transaction. Each gets a `&C` (the same context for every
+/// submitter, e.g. the `Core` that owns this) and the transaction.
+pub struct GroupCommit<C> {
+    queue: Mutex<Vec<Pending<C>>>,
     leader: tokio::sync::Mutex<()>,
 }
 
-impl GroupCommit {
+impl<C> Default for GroupCommit<C> {
+    fn default() -> Self {
+        GroupCommit {
+            queue: Mutex::new(Vec::new()),
+            leader: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+impl<C: Sync> GroupCommit<C> {
     /// Runs `op` in a write transaction of `store`, possibly together with other operations
     /// submitted meanwhile, and answers once that transaction committed (or `op` failed).
-    pub async fn run<T, F>(&self, store: &Store, mut op: F) -> Result<T>
+    pub async fn run<T, F>(&self, ctx: &C, store: &Store, mut op: F) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'t> FnMut(&'t mut Tx) -> TxFuture<'t, T> + Send + 'static,
+        F: for<'t> FnMut(&'t C, &'t mut Tx) -> TxFuture<'t, T> + Send + 'static,
     {
         let slot = Arc::new(Mutex::new(None));
         let out = Arc::clone(&slot);
-        let erased: Op = Box::new(move |tx| {
-            let future = op(tx);
+        let erased: Op<C> = Box::new(move |ctx, tx| {
+            let future = op(ctx, tx);
             let out = Arc::clone(&out);
             Box::pin(async move {
                 let value = future.await?;
@@ -67,26 +77,26 @@ impl GroupCommit {
                 Err(oneshot::error::TryRecvError::Closed) => return Err(StoreError::Abandoned),
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
-            let batch: Vec<Pending> = {
+            let batch: Vec<Pending<C>> = {
                 let mut queue = self.queue();
                 let n = queue.len().min(MAX_BATCH);
                 queue.drain(..n).collect()
             };
-            run_batch(store, batch).await;
+            run_batch(ctx, store, batch).await;
             drop(leader);
         }
         let value = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
         value.ok_or(StoreError::Abandoned)
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Pending<C>>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-async fn run_batch(store: &Store, mut batch: Vec<Pending>) {
+async fn run_batch<C: Sync>(ctx: &C, store: &Store, mut batch: Vec<Pending<C>>) {
     if batch.len() > 1 {
-        match together(store, &mut batch).await {
+        match together(ctx, store, &mut batch).await {
             Ok(()) => {
                 for p in batch {
                     let _ = p.done.send(Ok(()));
@@ -99,15 +109,15 @@ async fn run_batch(store: &Store, mut batch: Vec<Pending>) {
         }
     }
     for mut p in batch {
-        let result = alone(store, &mut p.op).await;
+        let result = alone(ctx, store, &mut p.op).await;
         let _ = p.done.send(result);
     }
 }
 
-async fn together(store: &Store, batch: &mut [Pending]) -> Result<()> {
+async fn together<C: Sync>(ctx: &C, store: &Store, batch: &mut [Pending<C>]) -> Result<()> {
     let mut tx = store.write().await?;
     for p in batch.iter_mut() {
-        if let Err(e) = (p.op)(&mut tx).await {
+        if let Err(e) = (p.op)(ctx, &mut tx).await {
             tx.rollback().await?;
             return Err(e);
         }
@@ -115,8 +125,8 @@ async fn together(store: &Store, batch: &mut [Pending]) -> Result<()> {
     tx.commit().await
 }
 
-async fn alone(store: &Store, op: &mut Op) -> Result<()> {
+async fn alone<C: Sync>(ctx: &C, store: &Store, op: &mut Op<C>) -> Result<()> {
     let mut tx = store.write().await?;
-    op(&mut tx).await?;
+    op(ctx, &mut tx).await?;
     tx.commit().await
 }

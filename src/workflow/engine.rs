@@ -15,7 +15,7 @@ use super::program::Node;
 use super::timing::local_instant;
 use super::trigger::contact_view;
 use crate::core::Core;
-use crate::send::{self, Delivery, Prepared};
+use crate::send::{self, Delivery, Handover, Prepared};
 use crate::store::{Job, Journey, Result, Tx, job_status, journey_status};
 
 /// How a job run ended.
@@ -41,8 +41,18 @@ enum Move {
     End(&'static str, String),
 }
 
+/// What one step's transaction decided.
+enum Step {
+    /// This run of the job is over.
+    Over(Outcome),
+    /// The journey moved on: run its next step.
+    Next,
+    /// The message is `sending`: hand it over once the transaction committed.
+    Send(Box<Handover>, Box<(Journey, Node)>),
+}
+
 pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
-    let Some(journey_id) = job.journey_id.as_deref() else {
+    let Some(journey_id) = job.journey_id.clone() else {
         return finish(
             core,
             job,
@@ -51,175 +61,194 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
         )
         .await;
     };
+    let job = Arc::new(job.clone());
+    let journey_id: Arc<str> = journey_id.into();
     // When the current step became due. A wait counts from there, not from when a (possibly
     // late) worker got to it, so waits that expired while Herald was down end at once.
     let mut due = job.run_at;
     loop {
         let now = core.clock.now();
-        let mut tx = core.store.write().await?;
-        // One statement checks the lease and reads the journey; only when it finds nothing
-        // does a second one tell a lost lease from a journey that is gone.
-        let journey = match tx.held_journey(&job.id, &core.worker_id, journey_id).await? {
-            Some(j) if j.status == journey_status::ACTIVE => j,
-            found => {
-                if found.is_none() && !tx.holds_job(&job.id, &core.worker_id).await? {
-                    tx.rollback().await?;
-                    return Ok(Outcome::LeaseLost);
-                }
-                tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
-                    .await?;
-                tx.commit().await?;
-                return Ok(Outcome::Done);
-            }
+        // Steps that workers reach together share a transaction (see `GroupCommit`).
+        let step = {
+            let (job, journey_id) = (Arc::clone(&job), Arc::clone(&journey_id));
+            core.group
+                .run(core, &core.store, move |core, tx| {
+                    let (job, journey_id) = (Arc::clone(&job), Arc::clone(&journey_id));
+                    Box::pin(async move { step(core, tx, &job, &journey_id, due, now).await })
+                })
+                .await?
         };
-        let node = match locate(core, &journey) {
-            Ok(node) => node,
-            Err(reason) => {
-                end(
-                    &mut tx,
-                    &core.worker_id,
-                    job,
-                    &journey,
-                    journey_status::FAILED,
-                    &reason,
-                    now,
-                )
-                .await?;
-                tx.commit().await?;
-                return Ok(Outcome::Done);
-            }
+        let (handover, at) = match step {
+            Step::Over(outcome) => return Ok(requeued(core, outcome)),
+            Step::Next => continue,
+            Step::Send(handover, at) => (handover, at),
         };
-        let mv = match &node.step.kind {
-            StepKind::Wait(wait) => {
-                let until = wait_until(core, &mut tx, &journey, wait, due.min(now)).await?;
-                return park(tx, core, job, &journey, node.next.clone(), None, until, now).await;
-            }
-            StepKind::WaitFor { event, timeout } => {
-                // Wait until the event arrives (trigger::on_event wakes the job) or the timeout.
-                let until = due.min(now) + timeout.0;
-                let mut context = journey.context.0.clone();
-                context["waiting"] =
-                    serde_json::json!({ "step": node.key, "event": event, "until": until });
-                return park(
-                    tx,
-                    core,
-                    job,
-                    &journey,
-                    node.next.clone(),
-                    Some(&context),
-                    until,
-                    now,
-                )
-                .await;
-            }
-            StepKind::Branch { condition, .. } => {
-                let holds = branch_holds(core, &mut tx, &journey, condition, now).await?;
-                Move::To(node.children[if holds { 0 } else { 1 }].clone())
-            }
-            StepKind::Split(variants) => {
-                let (index, variant) = choose_variant(&journey, &node.key, variants);
-                let mut context = journey.context.0.clone();
-                if let Value::Object(map) = &mut context {
-                    let chosen = map
-                        .entry("variants")
-                        .or_insert_with(|| Value::Object(Default::default()));
-                    if let Value::Object(v) = chosen {
-                        v.insert(node.key.clone(), Value::String(variant.name.clone()));
-                    }
-                }
-                let target = node.children.get(index).cloned().flatten();
-                match target.or_else(|| node.next.clone()) {
-                    Some(next) => {
-                        tx.advance_journey(&journey.id, &next, Some(&context), now)
-                            .await?;
-                        tx.commit().await?;
-                        continue;
-                    }
-                    None => Move::To(None),
-                }
-            }
-            StepKind::Update { attribute, value } => {
-                if let Some(contact) = tx.get_contact(&journey.contact_id).await? {
-                    let mut attributes = contact.attributes.0.clone();
-                    set_path(&mut attributes, attribute, value.clone());
-                    tx.set_contact_attributes(&contact.id, &attributes, now)
-                        .await?;
-                }
-                Move::To(node.next.clone())
-            }
-            StepKind::Exit => Move::End(journey_status::COMPLETED, "exit step".to_owned()),
-            StepKind::Send(spec) => {
-                // The message row and the move to `sending` share this step's transaction;
-                // it commits before the transport is called, and the receipt and the
-                // journey's next move share the one after it.
-                let handover = match send::prepare(core, &mut tx, &journey, &node, spec, now)
-                    .await?
-                {
-                    Prepared::Done(Delivery::Resolved) => Move::To(node.next.clone()),
-                    Prepared::Done(delivery) => {
-                        let outcome =
-                            next_move(&mut tx, &core.worker_id, job, &journey, &node, &delivery, now)
-                                .await?;
-                        tx.commit().await?;
-                        match requeued(core, outcome) {
-                            Some(outcome) => return Ok(outcome),
-                            None => continue,
-                        }
-                    }
-                    Prepared::Send(handover) => {
-                        tx.commit().await?;
-                        let result = send::transmit(core, &handover).await;
-                        let now = core.clock.now();
-                        let receipt = send::receipt(&handover, result, now);
-                        // Receipts of sends that finish together share one transaction.
-                        let step = Arc::new((
-                            receipt,
-                            core.worker_id.clone(),
-                            job.clone(),
-                            journey.clone(),
-                            node.clone(),
-                        ));
-                        let outcome = core
-                            .receipts
-                            .run(&core.store, move |tx| {
-                                let step = Arc::clone(&step);
-                                Box::pin(async move {
-                                    let (receipt, worker, job, journey, node) = &*step;
-                                    send::record(tx, receipt, now).await?;
-                                    next_move(tx, worker, job, journey, node, &receipt.delivery, now)
-                                        .await
-                                })
-                            })
-                            .await?;
-                        due = now;
-                        match requeued(core, outcome) {
-                            Some(outcome) => return Ok(outcome),
-                            None => continue,
-                        }
-                    }
-                };
-                handover
-            }
-        };
-        let outcome = match mv {
-            Move::To(target) => go(&mut tx, &core.worker_id, job, &journey, target, now).await?,
-            Move::End(status, reason) => {
-                end(&mut tx, &core.worker_id, job, &journey, status, &reason, now).await?;
-                Some(Outcome::Done)
-            }
-        };
-        tx.commit().await?;
-        if let Some(outcome) = outcome {
-            return Ok(outcome);
+        let result = send::transmit(core, &handover).await;
+        let now = core.clock.now();
+        let receipt = Arc::new(send::receipt(&handover, result, now));
+        // The receipt and the journey's next move share a transaction, and so do the
+        // receipts of sends that finish together.
+        let (job2, at) = (Arc::clone(&job), Arc::new(*at));
+        let outcome = core
+            .group
+            .run(core, &core.store, move |core, tx| {
+                let (receipt, job, at) = (Arc::clone(&receipt), Arc::clone(&job2), Arc::clone(&at));
+                Box::pin(async move {
+                    let (journey, node) = &*at;
+                    send::record(tx, &receipt, now).await?;
+                    next_move(
+                        tx,
+                        &core.worker_id,
+                        &job,
+                        journey,
+                        node,
+                        &receipt.delivery,
+                        now,
+                    )
+                    .await
+                })
+            })
+            .await?;
+        due = now;
+        match outcome {
+            Some(outcome) => return Ok(requeued(core, outcome)),
+            None => continue,
         }
     }
+}
+
+/// Runs the journey's current step in `tx`, up to the network: everything but the transport
+/// call of a send. Checks first that this worker still holds the job.
+async fn step(
+    core: &Core,
+    tx: &mut Tx,
+    job: &Job,
+    journey_id: &str,
+    due: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Step> {
+    // One statement checks the lease and reads the journey; only when it finds nothing does a
+    // second one tell a lost lease from a journey that is gone.
+    let journey = match tx
+        .held_journey(&job.id, &core.worker_id, journey_id)
+        .await?
+    {
+        Some(j) if j.status == journey_status::ACTIVE => j,
+        found => {
+            if found.is_none() && !tx.holds_job(&job.id, &core.worker_id).await? {
+                return Ok(Step::Over(Outcome::LeaseLost));
+            }
+            tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
+                .await?;
+            return Ok(Step::Over(Outcome::Done));
+        }
+    };
+    let node = match locate(core, &journey) {
+        Ok(node) => node,
+        Err(reason) => {
+            end(
+                tx,
+                &core.worker_id,
+                job,
+                &journey,
+                journey_status::FAILED,
+                &reason,
+                now,
+            )
+            .await?;
+            return Ok(Step::Over(Outcome::Done));
+        }
+    };
+    let mv = match &node.step.kind {
+        StepKind::Wait(wait) => {
+            let until = wait_until(core, tx, &journey, wait, due.min(now)).await?;
+            return park(tx, core, job, &journey, node.next.clone(), None, until, now).await;
+        }
+        StepKind::WaitFor { event, timeout } => {
+            // Wait until the event arrives (trigger::on_event wakes the job) or the timeout.
+            let until = due.min(now) + timeout.0;
+            let mut context = journey.context.0.clone();
+            context["waiting"] =
+                serde_json::json!({ "step": node.key, "event": event, "until": until });
+            return park(
+                tx,
+                core,
+                job,
+                &journey,
+                node.next.clone(),
+                Some(&context),
+                until,
+                now,
+            )
+            .await;
+        }
+        StepKind::Branch { condition, .. } => {
+            let holds = branch_holds(core, tx, &journey, condition, now).await?;
+            Move::To(node.children[if holds { 0 } else { 1 }].clone())
+        }
+        StepKind::Split(variants) => {
+            let (index, variant) = choose_variant(&journey, &node.key, variants);
+            let mut context = journey.context.0.clone();
+            if let Value::Object(map) = &mut context {
+                let chosen = map
+                    .entry("variants")
+                    .or_insert_with(|| Value::Object(Default::default()));
+                if let Value::Object(v) = chosen {
+                    v.insert(node.key.clone(), Value::String(variant.name.clone()));
+                }
+            }
+            let target = node.children.get(index).cloned().flatten();
+            match target.or_else(|| node.next.clone()) {
+                Some(next) => {
+                    tx.advance_journey(&journey.id, &next, Some(&context), now)
+                        .await?;
+                    return Ok(Step::Next);
+                }
+                None => Move::To(None),
+            }
+        }
+        StepKind::Update { attribute, value } => {
+            if let Some(contact) = tx.get_contact(&journey.contact_id).await? {
+                let mut attributes = contact.attributes.0.clone();
+                set_path(&mut attributes, attribute, value.clone());
+                tx.set_contact_attributes(&contact.id, &attributes, now)
+                    .await?;
+            }
+            Move::To(node.next.clone())
+        }
+        StepKind::Exit => Move::End(journey_status::COMPLETED, "exit step".to_owned()),
+        StepKind::Send(spec) => {
+            // The message row and the move to `sending` share this step's transaction, which
+            // commits before the transport is called.
+            match send::prepare(core, tx, &journey, &node, spec, now).await? {
+                Prepared::Done(Delivery::Resolved) => Move::To(node.next.clone()),
+                Prepared::Done(delivery) => {
+                    let outcome =
+                        next_move(tx, &core.worker_id, job, &journey, &node, &delivery, now)
+                            .await?;
+                    return Ok(outcome.map_or(Step::Next, Step::Over));
+                }
+                Prepared::Send(handover) => {
+                    return Ok(Step::Send(handover, Box::new((journey, node))));
+                }
+            }
+        }
+    };
+    let outcome = match mv {
+        Move::To(target) => go(tx, &core.worker_id, job, &journey, target, now).await?,
+        Move::End(status, reason) => {
+            end(tx, &core.worker_id, job, &journey, status, &reason, now).await?;
+            Some(Outcome::Done)
+        }
+    };
+    Ok(outcome.map_or(Step::Next, Step::Over))
 }
 
 /// Moves the journey to `next` and parks its job until `until` (a wait); completes the journey
 /// when nothing follows, since waiting to end changes nothing.
 #[allow(clippy::too_many_arguments)]
 async fn park(
-    mut tx: Tx,
+    tx: &mut Tx,
     core: &Core,
     job: &Job,
     journey: &Journey,
@@ -227,10 +256,10 @@ async fn park(
     context: Option<&Value>,
     until: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> Result<Outcome> {
+) -> Result<Step> {
     let Some(next) = next else {
         end(
-            &mut tx,
+            tx,
             &core.worker_id,
             job,
             journey,
@@ -239,15 +268,12 @@ async fn park(
             now,
         )
         .await?;
-        tx.commit().await?;
-        return Ok(Outcome::Done);
+        return Ok(Step::Over(Outcome::Done));
     };
     tx.advance_journey(&journey.id, &next, context, now).await?;
     tx.requeue_job(&job.id, &core.worker_id, until, true, None, now)
         .await?;
-    tx.commit().await?;
-    core.wake_scheduler();
-    Ok(Outcome::Waiting(until))
+    Ok(Step::Over(Outcome::Waiting(until)))
 }
 
 /// The journey's current step, or why it cannot run.
@@ -377,8 +403,11 @@ async fn next_move(
 }
 
 /// Wakes the scheduler when a committed outcome queued the job again.
-fn requeued(core: &Core, outcome: Option<Outcome>) -> Option<Outcome> {
-    if matches!(outcome, Some(Outcome::Retrying(_) | Outcome::Deferred(_))) {
+fn requeued(core: &Core, outcome: Outcome) -> Outcome {
+    if matches!(
+        outcome,
+        Outcome::Waiting(_) | Outcome::Retrying(_) | Outcome::Deferred(_)
+    ) {
         core.wake_scheduler();
     }
     outcome
@@ -436,10 +465,7 @@ async fn defer(
     now: DateTime<Utc>,
 ) -> Result<Outcome> {
     let at = until.max(now);
-    if !tx
-        .defer_job(&job.id, worker, at, error, now)
-        .await?
-    {
+    if !tx.defer_job(&job.id, worker, at, error, now).await? {
         return Ok(Outcome::LeaseLost);
     }
     tracing::info!(job = %job.id, until = %at, reason = error, "send deferred");

@@ -283,7 +283,10 @@ async fn batch_claims_never_give_a_job_to_two_workers(db: Db) {
                 if jobs.is_empty() {
                     return got;
                 }
-                assert!(jobs.iter().all(|j| j.locked_by.as_deref() == Some(&*worker)));
+                assert!(
+                    jobs.iter()
+                        .all(|j| j.locked_by.as_deref() == Some(&*worker))
+                );
                 got.extend(jobs.into_iter().map(|j| j.id));
             }
         })
@@ -309,8 +312,8 @@ async fn grouped_writes_commit_together_and_a_failure_costs_no_other_write(db: D
         let core = std::sync::Arc::clone(&app.core);
         tokio::spawn(async move {
             let email = format!("grouped-{i}@example.com");
-            core.receipts
-                .run(&core.store, move |tx| {
+            core.group
+                .run(&*core, &core.store, move |_, tx| {
                     let email = email.clone();
                     Box::pin(async move {
                         tx.suppress(&email, "manual", None, now).await?;
