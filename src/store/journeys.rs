@@ -196,29 +196,17 @@ impl Tx {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        debug_assert!(status != journey_status::ACTIVE);
-        let done = on_conn!(self, c => {
-            let n = sqlx::query(
-                "UPDATE journeys SET status = $2, step = NULL, ended_at = $3, updated_at = $3, end_reason = $4
-                 WHERE id = $1 AND status = 'active'",
-            )
-            .bind(id)
-            .bind(status)
-            .bind(now)
-            .bind(reason)
-            .execute(&mut *c)
-            .await?
-            .rows_affected();
+        let done = self.close_journey(id, status, reason, now).await?;
+        on_conn!(self, c => {
             sqlx::query(
                 "UPDATE jobs SET status = 'done', locked_by = NULL, locked_until = NULL, updated_at = $2
                  WHERE journey_id = $1 AND status IN ('queued', 'running')",
             )
             .bind(id)
             .bind(now)
-            .execute(&mut *c)
+            .execute(c)
             .await?;
-            n
         });
-        Ok(done == 1)
+        Ok(done)
     }
 }

@@ -87,12 +87,17 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
+            // A SQLite connection is a file handle in this process: it cannot go stale the
+            // way a network connection can, so the pool does not ping it before every
+            // transaction (each ping is a round trip to the connection's thread).
             let writer = SqlitePoolOptions::new()
                 .max_connections(1)
+                .test_before_acquire(false)
                 .connect_with(options.clone())
                 .await?;
             let reader = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(2))
+                .test_before_acquire(false)
                 .connect_with(options.read_only(false))
                 .await?;
             Ok(Store::Sqlite { writer, reader })

@@ -371,28 +371,12 @@ async fn next_move(
     now: DateTime<Utc>,
 ) -> Result<Option<Outcome>> {
     Ok(match delivery {
-        Delivery::Resolved => match &node.next {
-            // Finishing the job checks the lease in the same statement.
-            None => Some(
-                if end(
-                    tx,
-                    worker,
-                    job,
-                    journey,
-                    journey_status::COMPLETED,
-                    "completed",
-                    now,
-                )
-                .await?
-                {
-                    Outcome::Done
-                } else {
-                    Outcome::LeaseLost
-                },
-            ),
-            Some(_) if !tx.holds_job(&job.id, worker).await? => Some(Outcome::LeaseLost),
-            Some(next) => go(tx, worker, job, journey, Some(next.clone()), now).await?,
-        },
+        // Ending the journey checks the lease in the statement that finishes the job; moving
+        // on to a next step checks it first.
+        Delivery::Resolved if node.next.is_some() && !tx.holds_job(&job.id, worker).await? => {
+            Some(Outcome::LeaseLost)
+        }
+        Delivery::Resolved => go(tx, worker, job, journey, node.next.clone(), now).await?,
         Delivery::Retry { error, retry_after } => {
             Some(retry(tx, worker, job, journey, node, error, *retry_after, now).await?)
         }
