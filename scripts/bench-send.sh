@@ -28,7 +28,7 @@ fi
 
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
-HERALD=target/release/herald
+HERALD="${CARGO_TARGET_DIR:-target}/release/herald"
 
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"

@@ -61,6 +61,9 @@ pub struct Core {
     pub policy: crate::policy::Policy,
     /// Open and click hits on their way to the database.
     pub hits: crate::tracking::hits::HitQueue,
+    /// Journey steps and send receipts that workers reach together commit in one
+    /// transaction.
+    pub group: crate::store::GroupCommit<Core>,
     wake: Notify,
 }
 
@@ -113,6 +116,7 @@ impl Core {
             lease,
             poll,
             hits: Default::default(),
+            group: Default::default(),
             wake: Notify::new(),
         })
     }

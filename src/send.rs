@@ -17,13 +17,15 @@ use crate::policy::{CapDecision, Policy, cap_allows, quiet_until};
 use crate::store::Journey;
 use crate::store::{Contact, Message, Result, Tx, message_status as ms};
 use crate::template::Mode;
+use crate::transport::SendError;
+use crate::transport::route::Sent;
 use crate::workflow::engine::contact_zone;
 use crate::workflow::model::{CapOutcome, Category, SendSpec};
 use crate::workflow::program::Node;
 use crate::workflow::trigger::contact_view;
 
 /// What became of a send step.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Delivery {
     /// The message reached a final state (sent, suppressed, failed, unknown): move on.
     Resolved,
@@ -41,13 +43,35 @@ pub enum Delivery {
     },
 }
 
-pub async fn deliver(
+/// A message rendered, built and marked `sending` in the step's transaction: once that
+/// transaction commits, hand it to [`transmit`] and record what happened with [`record`].
+pub struct Handover {
+    message_id: String,
+    transport: String,
+    to_email: String,
+    built: crate::message::BuiltMessage,
+}
+
+/// What the step's transaction decided about a send step.
+pub enum Prepared {
+    /// Nothing goes to a transport: the step is over ([`Delivery::Resolved`]) or held back
+    /// ([`Delivery::Defer`]). Whatever was recorded is in the caller's transaction.
+    Done(Delivery),
+    /// The message is `sending` in the caller's transaction: commit it, then [`transmit`].
+    Send(Box<Handover>),
+}
+
+/// The first half of a send step, inside the caller's write transaction (which must commit
+/// before [`transmit`]): the message row (unique per journey and step), policy, rendering and
+/// the move to `sending`. Never calls the network.
+pub async fn prepare(
     core: &Core,
+    tx: &mut Tx,
     journey: &Journey,
     node: &Node,
     spec: &SendSpec,
-) -> Result<Delivery> {
-    let now = core.clock.now();
+    now: DateTime<Utc>,
+) -> Result<Prepared> {
     let wf = core.workflows.get(&journey.workflow);
     let category = wf.map(|w| w.def.category).unwrap_or_default();
     // The step's transport, else the workflow's, else the category's, else the default.
@@ -56,7 +80,6 @@ pub async fn deliver(
         .clone()
         .or_else(|| wf.and_then(|w| w.def.transport.clone()))
         .unwrap_or_else(|| core.settings.category_transport(category).to_owned());
-    let mut tx = core.store.write().await?;
     let contact = tx.get_contact(&journey.contact_id).await?;
     let row = Message {
         id: uuid::Uuid::now_v7().to_string(),
@@ -98,14 +121,10 @@ pub async fn deliver(
                 now,
             )
             .await?;
-            tx.commit().await?;
             tracing::warn!(message = %message.id, "message fate unknown after a restart; not re-sending");
-            return Ok(Delivery::Resolved);
+            return Ok(Prepared::Done(Delivery::Resolved));
         }
-        _ => {
-            tx.commit().await?;
-            return Ok(Delivery::Resolved);
-        }
+        _ => return Ok(Prepared::Done(Delivery::Resolved)),
     }
     let Some(contact) = contact else {
         return resolve(
@@ -117,13 +136,13 @@ pub async fn deliver(
         )
         .await;
     };
-    if let Some(reason) = blocked(&mut tx, &contact, category).await? {
+    if let Some(reason) = blocked(tx, &contact, category).await? {
         return resolve(tx, &message, ms::SUPPRESSED, &reason, now).await;
     }
     if category == Category::Marketing {
         let policy =
             Policy::for_workflow(core.policy, &wf.map(|w| w.def.policy).unwrap_or_default());
-        if let Some(decision) = etiquette(&mut tx, core, &contact, &policy, now).await? {
+        if let Some(decision) = etiquette(tx, core, &contact, &policy, now).await? {
             let note = match decision {
                 Etiquette::Skip => {
                     tx.set_journey_note(&journey.id, "skipped: frequency_cap", now)
@@ -137,11 +156,10 @@ pub async fn deliver(
             };
             tx.set_journey_note(&journey.id, &note.1, now).await?;
             tx.set_message_detail(&message.id, &note.1, now).await?;
-            tx.commit().await?;
-            return Ok(Delivery::Defer {
+            return Ok(Prepared::Done(Delivery::Defer {
                 until: note.0,
                 reason: note.1,
-            });
+            }));
         }
     }
     let unsubscribe_url = core.unsubscribe_url(&contact.id, &message.id);
@@ -160,14 +178,8 @@ pub async fn deliver(
     ) {
         Ok(r) => r,
         Err(e) => {
-            return resolve(
-                tx,
-                &message,
-                ms::FAILED,
-                &format!("render failed: {e}"),
-                now,
-            )
-            .await;
+            let detail = format!("render failed: {e}");
+            return resolve(tx, &message, ms::FAILED, &detail, now).await;
         }
     };
     if rendered.missing_variables {
@@ -218,14 +230,8 @@ pub async fn deliver(
     let built = match build(&email) {
         Ok(b) => b,
         Err(e) => {
-            return resolve(
-                tx,
-                &message,
-                ms::FAILED,
-                &format!("invalid message: {e}"),
-                now,
-            )
-            .await;
+            let detail = format!("invalid message: {e}");
+            return resolve(tx, &message, ms::FAILED, &detail, now).await;
         }
     };
     if !core.transports.contains(&transport_name) {
@@ -244,114 +250,117 @@ pub async fn deliver(
             now,
         )
         .await?;
-    tx.commit().await?;
     if !handed_over {
-        return Ok(Delivery::Resolved);
+        return Ok(Prepared::Done(Delivery::Resolved));
     }
+    Ok(Prepared::Send(Box::new(Handover {
+        message_id: message.id,
+        transport: transport_name,
+        to_email: contact.email,
+        built,
+    })))
+}
 
-    let result = core.transports.send(&transport_name, &built).await;
+/// Hands a prepared message to its transport. Call only after the transaction that marked it
+/// `sending` committed; no transaction may be open across this call.
+pub async fn transmit(core: &Core, handover: &Handover) -> Result<Sent, SendError> {
+    core.transports
+        .send(&handover.transport, &handover.built)
+        .await
+}
 
-    let now = core.clock.now();
-    let mut tx = core.store.write().await?;
-    let delivery = match result {
-        Ok(sent) => {
-            let provider_id = sent.receipt.provider_message_id.as_deref();
-            tx.transition_message(
-                &message.id,
-                ms::SENDING,
-                ms::SENT,
-                Some(&sent.receipt.response),
-                provider_id,
-                None,
-                Some(&sent.transport),
-                now,
-            )
-            .await?;
-            Delivery::Resolved
-        }
+/// What the transport answered about a handed-over message, as it will be recorded.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    message_id: String,
+    /// The message's new status.
+    status: &'static str,
+    detail: String,
+    provider_message_id: Option<String>,
+    /// The transport that took it (the route's, or a fallback).
+    transport: Option<String>,
+    /// Suppress this address (a hard bounce).
+    suppress: Option<String>,
+    /// What the step does next.
+    pub delivery: Delivery,
+}
+
+/// Turns the transport's answer into the [`Receipt`] to record.
+pub fn receipt(
+    handover: &Handover,
+    result: Result<Sent, SendError>,
+    now: DateTime<Utc>,
+) -> Receipt {
+    let message_id = handover.message_id.clone();
+    let receipt = |status, detail, delivery| Receipt {
+        message_id: message_id.clone(),
+        status,
+        detail,
+        provider_message_id: None,
+        transport: None,
+        suppress: None,
+        delivery,
+    };
+    match result {
+        Ok(sent) => Receipt {
+            provider_message_id: sent.receipt.provider_message_id,
+            transport: Some(sent.transport),
+            ..receipt(ms::SENT, sent.receipt.response, Delivery::Resolved)
+        },
         Err(e) if e.after_data => {
             let detail = format!("connection lost after the message was transmitted: {e}");
-            tx.transition_message(
-                &message.id,
-                ms::SENDING,
-                ms::UNKNOWN,
-                Some(&detail),
-                None,
-                None,
-                None,
-                now,
-            )
-            .await?;
-            Delivery::Resolved
+            receipt(ms::UNKNOWN, detail, Delivery::Resolved)
         }
         Err(e) if e.deferred_until.is_some() => {
             let detail = e.to_string();
-            tx.transition_message(
-                &message.id,
-                ms::SENDING,
-                ms::PENDING,
-                Some(&detail),
-                None,
-                None,
-                None,
-                now,
-            )
-            .await?;
-            Delivery::Defer {
-                until: e.deferred_until.unwrap_or(now),
-                reason: detail,
-            }
+            let until = e.deferred_until.unwrap_or(now);
+            let reason = detail.clone();
+            receipt(ms::PENDING, detail, Delivery::Defer { until, reason })
         }
         Err(e) if e.is_transient() => {
             let detail = e.to_string();
-            tx.transition_message(
-                &message.id,
-                ms::SENDING,
-                ms::PENDING,
-                Some(&detail),
-                None,
-                None,
-                None,
-                now,
-            )
-            .await?;
-            Delivery::Retry {
-                error: detail,
+            let retry = Delivery::Retry {
+                error: detail.clone(),
                 retry_after: e.retry_after,
-            }
+            };
+            receipt(ms::PENDING, detail, retry)
         }
-        Err(e) => {
-            let detail = e.to_string();
-            tx.transition_message(
-                &message.id,
-                ms::SENDING,
-                ms::FAILED,
-                Some(&detail),
-                None,
-                None,
-                None,
-                now,
-            )
+        Err(e) => Receipt {
+            suppress: e.is_hard_bounce().then(|| handover.to_email.clone()),
+            ..receipt(ms::FAILED, e.to_string(), Delivery::Resolved)
+        },
+    }
+}
+
+/// Records a [`Receipt`] in the caller's write transaction. It does not depend on the job's
+/// lease: the message went (or did not) either way.
+pub async fn record(tx: &mut Tx, receipt: &Receipt, now: DateTime<Utc>) -> Result<()> {
+    if let Some(email) = &receipt.suppress {
+        tx.suppress(email, "hard_bounce", Some(&receipt.detail), now)
             .await?;
-            if e.is_hard_bounce() {
-                tx.suppress(&contact.email, "hard_bounce", Some(&detail), now)
-                    .await?;
-            }
-            Delivery::Resolved
-        }
-    };
-    tx.commit().await?;
-    Ok(delivery)
+    }
+    tx.transition_message(
+        &receipt.message_id,
+        ms::SENDING,
+        receipt.status,
+        Some(&receipt.detail),
+        receipt.provider_message_id.as_deref(),
+        None,
+        receipt.transport.as_deref(),
+        now,
+    )
+    .await?;
+    Ok(())
 }
 
 /// Records a final status for a message that was never handed to a transport.
 async fn resolve(
-    mut tx: Tx,
+    tx: &mut Tx,
     message: &Message,
     status: &str,
     detail: &str,
     now: DateTime<Utc>,
-) -> Result<Delivery> {
+) -> Result<Prepared> {
     tx.transition_message(
         &message.id,
         ms::PENDING,
@@ -363,9 +372,8 @@ async fn resolve(
         now,
     )
     .await?;
-    tx.commit().await?;
     tracing::info!(message = %message.id, status, detail, "message not sent");
-    Ok(Delivery::Resolved)
+    Ok(Prepared::Done(Delivery::Resolved))
 }
 
 /// Marks a step's pending message failed when its job runs out of attempts.

@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use rand::Rng;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::core::Core;
-use crate::segment::evaluate::earliest;
 use crate::segment::membership;
-use crate::store::{Job, Result, Tx};
+use crate::store::{Job, Result, Tx, earliest};
 use crate::workflow::engine::{Outcome, run_journey_job};
 
 mod ticks;
@@ -81,34 +80,62 @@ pub async fn run_due(core: &Core) -> Result<usize> {
     }
 }
 
+/// The most jobs one claim takes.
+const CLAIM_BATCH: usize = 64;
+
+/// How many workers must be free before the loop claims again while jobs are still due: a
+/// quarter of them, so claims come in batches instead of one per finished job.
+fn claim_low_water(workers: usize) -> usize {
+    (workers / 4).clamp(1, CLAIM_BATCH)
+}
+
 /// The worker loop of `herald serve`: runs until `shutdown`, then lets in-flight jobs finish
 /// for up to `grace`.
+///
+/// It claims due jobs in batches of up to the free workers, and only when at least
+/// [`claim_low_water`] are free (or all of them) while more jobs are due. It reads the
+/// database only to claim, to reap expired leases every half lease, to fire time triggers when
+/// one is due, and, when nothing more is due, once to learn how long to sleep: a finished job
+/// wakes the loop only while due jobs wait for a worker, and new work (ingested events,
+/// re-queued jobs) wakes it through [`Core::wake_scheduler`].
 pub async fn run(core: Arc<Core>, shutdown: CancellationToken, grace: Duration) {
-    let permits = Arc::new(Semaphore::new(core.settings.workers.concurrency));
+    let workers = core.settings.workers.concurrency.max(1);
+    let low_water = claim_low_water(workers);
+    let permits = Arc::new(Semaphore::new(workers));
+    let finished = Arc::new(Notify::new());
     let tracker = TaskTracker::new();
     let mut next_reap = core.clock.now();
+    let mut next_tick = core.clock.now();
+    // Whether due jobs may be waiting: true until a claim comes back short, and again after
+    // new work or a deadline.
+    let mut more_due = true;
     while !shutdown.is_cancelled() {
         let now = core.clock.now();
         if now >= next_reap {
             match core.store.reap_expired_leases(now).await {
                 Ok((requeued, dead)) if requeued + dead > 0 => {
                     tracing::info!(requeued, dead, "re-queued jobs whose lease expired");
+                    more_due = true;
                 }
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "lease reaper failed"),
             }
             next_reap = now + core.lease / 2;
         }
-        if let Err(e) = tick(&core).await {
-            tracing::error!(error = %e, "firing time triggers failed");
+        if now >= next_tick {
+            match tick(&core).await {
+                Ok(fired) => more_due |= fired > 0,
+                Err(e) => tracing::error!(error = %e, "firing time triggers failed"),
+            }
+            // A contact change may bring a trigger time closer: look again within a poll.
+            next_tick = now + core.poll;
         }
         let free = permits.available_permits();
-        let claimed = if free == 0 {
-            Vec::new()
-        } else {
-            match core
+        if more_due && (free >= low_water || free == workers) {
+            let want = free.min(CLAIM_BATCH);
+            let claimed = match core
                 .store
-                .claim_jobs(&core.worker_id, now, now + core.lease, free as i64)
+                .claim_jobs(&core.worker_id, now, now + core.lease, want as i64)
                 .await
             {
                 Ok(jobs) => jobs,
@@ -116,40 +143,48 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken, grace: Duration) 
                     tracing::error!(error = %e, "claiming jobs failed");
                     Vec::new()
                 }
-            }
-        };
-        let saturated = !claimed.is_empty() && claimed.len() == free;
-        for job in claimed {
-            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                break;
             };
-            let core = Arc::clone(&core);
-            tracker.spawn(async move {
-                run_job(&core, &job).await;
-                drop(permit);
-                core.wake_scheduler();
-            });
+            more_due = claimed.len() == want;
+            for job in claimed {
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    break;
+                };
+                let (core, finished) = (Arc::clone(&core), Arc::clone(&finished));
+                tracker.spawn(async move {
+                    run_job(&core, &job).await;
+                    drop(permit);
+                    finished.notify_one();
+                });
+            }
         }
-        if saturated {
-            // More may be due: wait for a free worker, not for the clock.
+        if more_due {
+            // Due jobs wait for workers: wait for one to finish, not for the clock.
             tokio::select! {
+                _ = finished.notified() => {}
                 _ = core.woken() => {}
+                _ = core.clock.sleep_until(next_reap.min(next_tick)) => {}
                 _ = shutdown.cancelled() => {}
             }
             continue;
         }
-        let fallback = now + core.poll;
-        let deadline = match next_wakeup(&core).await {
-            Ok(Some(at)) => at.min(fallback).min(next_reap),
-            Ok(None) => fallback.min(next_reap),
+        let fallback = (now + core.poll).min(next_reap);
+        let deadline = match core.store.next_due().await {
+            Ok(next) => {
+                if let Some(at) = next.trigger {
+                    next_tick = next_tick.min(at);
+                }
+                earliest(next.job, Some(next_tick))
+                    .unwrap_or(fallback)
+                    .min(fallback)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "reading the next due job failed");
                 fallback
             }
         };
         tokio::select! {
-            _ = core.clock.sleep_until(deadline) => {}
-            _ = core.woken() => {}
+            _ = core.clock.sleep_until(deadline) => more_due = true,
+            _ = core.woken() => more_due = true,
             _ = shutdown.cancelled() => {}
         }
     }
@@ -159,17 +194,6 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken, grace: Duration) 
             "shutdown grace period over with jobs still running; their leases will expire"
         );
     }
-}
-
-/// The earliest instant a job, a time trigger or a segment change is due.
-async fn next_wakeup(core: &Core) -> Result<Option<DateTime<Utc>>> {
-    let jobs = core.store.next_wakeup().await?;
-    let triggers = core.store.next_trigger_time().await?;
-    let segments = core.store.next_segment_due().await?;
-    let refresh = membership::next_refresh(core).await?;
-    Ok([triggers, segments, refresh]
-        .into_iter()
-        .fold(jobs, earliest))
 }
 
 #[cfg(test)]

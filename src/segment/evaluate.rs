@@ -8,6 +8,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
 
 use super::Segments;
+use crate::store::earliest;
 use crate::workflow::condition::{Subject, all_hold, events_hold, lookup, passes_filter};
 use crate::workflow::model::{Comparison, Condition, EventCondition, EventMeasure, Op};
 
@@ -54,14 +55,6 @@ pub fn evaluate_all(segments: &Segments, facts: &Facts<'_>, now: DateTime<Utc>) 
     Evaluation {
         members,
         next_change,
-    }
-}
-
-/// The earlier of two optional instants.
-pub fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 

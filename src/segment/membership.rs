@@ -11,11 +11,11 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::types::Json;
 
-use super::evaluate::{Fact, Facts, earliest, evaluate_all};
+use super::evaluate::{Fact, Facts, evaluate_all};
 use super::profile::{Observed, Profile, Purchaser, high_value_threshold, rfm_scores};
 use super::{ENTERED, EXITED};
 use crate::core::Core;
-use crate::store::{Contact, Event, FactRead, FactRow, Job, Result, Tx, job_status};
+use crate::store::{Contact, Event, FactRead, FactRow, Job, Result, Tx, earliest, job_status};
 use crate::workflow::engine::Outcome;
 use crate::workflow::timing::{next_cron, parse_cron};
 use crate::workflow::trigger::{contact_view, on_event as journeys_on_event};
@@ -511,16 +511,6 @@ pub async fn tick_refresh(core: &Core) -> Result<bool> {
     };
     tx.commit().await?;
     Ok(queued)
-}
-
-/// When the population refresh is next due.
-pub async fn next_refresh(core: &Core) -> Result<Option<DateTime<Utc>>> {
-    let mut tx = core.store.read().await?;
-    let stored = tx.meta(REFRESH_AT_KEY).await?;
-    tx.commit().await?;
-    Ok(stored
-        .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-        .map(|t| t.with_timezone(&Utc)))
 }
 
 /// Runs a recompute or refresh job.

@@ -266,25 +266,48 @@ impl Store {
         Ok((requeued, dead))
     }
 
-    /// The earliest instant something needs a worker: a queued job's `run_at` or a lease expiry.
-    pub async fn next_wakeup(&self) -> Result<Option<DateTime<Utc>>> {
-        let mut tx = self.read().await?;
-        let (due, lease): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = on_conn!(&mut tx, c => {
-            let due: (Option<DateTime<Utc>>,) =
-                sqlx::query_as("SELECT MIN(run_at) FROM jobs WHERE status = 'queued'")
-                    .fetch_one(&mut *c)
-                    .await?;
-            let lease: (Option<DateTime<Utc>>,) =
-                sqlx::query_as("SELECT MIN(locked_until) FROM jobs WHERE status = 'running'")
-                    .fetch_one(&mut *c)
-                    .await?;
-            (due.0, lease.0)
-        });
-        tx.commit().await?;
-        Ok(match (due, lease) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+    /// When the scheduler next has something to do, in one statement: the earliest queued
+    /// job's `run_at` or lease expiry, and the earliest time-trigger or segment-due instant.
+    pub async fn next_due(&self) -> Result<NextDue> {
+        const SQL: &str = "SELECT
+                (SELECT MIN(run_at) FROM jobs WHERE status = 'queued'),
+                (SELECT MIN(locked_until) FROM jobs WHERE status = 'running'),
+                (SELECT MIN(fire_at) FROM trigger_times),
+                (SELECT MIN(next_run_at) FROM trigger_specs),
+                (SELECT MIN(due_at) FROM segment_due)";
+        type Row = (
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+        );
+        let (due, lease, fire, schedule, segment): Row = match self {
+            Store::Sqlite { reader, .. } => sqlx::query_as(SQL).fetch_one(reader).await?,
+            Store::Postgres(pool) => sqlx::query_as(SQL).fetch_one(pool).await?,
+        };
+        Ok(NextDue {
+            job: earliest(due, lease),
+            trigger: earliest(earliest(fire, schedule), segment),
         })
+    }
+}
+
+/// What [`Store::next_due`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextDue {
+    /// A queued job becomes due or a lease expires.
+    pub job: Option<DateTime<Utc>>,
+    /// A per-contact trigger time, a fixed-zone schedule tick, or a contact whose segments can
+    /// change by time (the tick also runs the segment sweep).
+    pub trigger: Option<DateTime<Utc>>,
+}
+
+/// The earlier of two optional instants.
+pub fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -44,6 +44,27 @@ impl Tx {
         }))
     }
 
+    /// Journey `journey_id` when `worker` holds job `job_id` (one statement for the lease check
+    /// and the read). `None` when the lease is lost or the journey is gone.
+    pub async fn held_journey(
+        &mut self,
+        job_id: &str,
+        worker: &str,
+        journey_id: &str,
+    ) -> Result<Option<Journey>> {
+        Ok(on_conn!(self, c => {
+            sqlx::query_as::<_, Journey>(
+                "SELECT journeys.* FROM jobs JOIN journeys ON journeys.id = $3
+                 WHERE jobs.id = $1 AND jobs.locked_by = $2 AND jobs.status = 'running'",
+            )
+            .bind(job_id)
+            .bind(worker)
+            .bind(journey_id)
+            .fetch_optional(c)
+            .await?
+        }))
+    }
+
     /// The latest journey of `workflow` for this contact and key, active or not.
     pub async fn latest_journey(
         &mut self,
@@ -140,6 +161,32 @@ impl Tx {
         Ok(())
     }
 
+    /// Ends an active journey with `status` without touching jobs: for the worker that has
+    /// just finished the journey's only job. Answers false when it had already ended.
+    pub async fn close_journey(
+        &mut self,
+        id: &str,
+        status: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        debug_assert!(status != journey_status::ACTIVE);
+        let done = on_conn!(self, c => {
+            sqlx::query(
+                "UPDATE journeys SET status = $2, step = NULL, ended_at = $3, updated_at = $3, end_reason = $4
+                 WHERE id = $1 AND status = 'active'",
+            )
+            .bind(id)
+            .bind(status)
+            .bind(now)
+            .bind(reason)
+            .execute(c)
+            .await?
+            .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
     /// Ends an active journey with `status` (see [`journey_status`]) and stops its job.
     /// Answers false when it had already ended.
     pub async fn end_journey(
@@ -149,29 +196,17 @@ impl Tx {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        debug_assert!(status != journey_status::ACTIVE);
-        let done = on_conn!(self, c => {
-            let n = sqlx::query(
-                "UPDATE journeys SET status = $2, step = NULL, ended_at = $3, updated_at = $3, end_reason = $4
-                 WHERE id = $1 AND status = 'active'",
-            )
-            .bind(id)
-            .bind(status)
-            .bind(now)
-            .bind(reason)
-            .execute(&mut *c)
-            .await?
-            .rows_affected();
+        let done = self.close_journey(id, status, reason, now).await?;
+        on_conn!(self, c => {
             sqlx::query(
                 "UPDATE jobs SET status = 'done', locked_by = NULL, locked_until = NULL, updated_at = $2
                  WHERE journey_id = $1 AND status IN ('queued', 'running')",
             )
             .bind(id)
             .bind(now)
-            .execute(&mut *c)
+            .execute(c)
             .await?;
-            n
         });
-        Ok(done == 1)
+        Ok(done)
     }
 }

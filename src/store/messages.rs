@@ -7,14 +7,16 @@ use super::{DeliveryRow, Message, MessageFacts, Result, Tx, on_conn};
 
 impl Tx {
     /// Inserts the message unless its (journey, step, iteration) exists; returns the stored row.
+    /// The insert returns the new row, so only a retried step reads the existing one.
     pub async fn ensure_message(&mut self, m: &Message) -> Result<Message> {
         Ok(on_conn!(self, c => {
-            sqlx::query(
+            let inserted = sqlx::query_as::<_, Message>(
                 "INSERT INTO messages (id, journey_id, step, iteration, contact_id, workflow, template,
                    category, to_email, subject, status, transport, provider_message_id, detail, attempts,
                    created_at, updated_at, sent_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
-                 ON CONFLICT (journey_id, step, iteration) DO NOTHING",
+                 ON CONFLICT (journey_id, step, iteration) DO NOTHING
+                 RETURNING *",
             )
             .bind(&m.id)
             .bind(&m.journey_id)
@@ -34,8 +36,11 @@ impl Tx {
             .bind(m.created_at)
             .bind(m.updated_at)
             .bind(m.sent_at)
-            .execute(&mut *c)
+            .fetch_optional(&mut *c)
             .await?;
+            if let Some(row) = inserted {
+                return Ok(row);
+            }
             sqlx::query_as::<_, Message>(
                 "SELECT * FROM messages WHERE journey_id = $1 AND step = $2 AND iteration = $3",
             )

@@ -5,6 +5,7 @@
 
 mod contacts;
 mod events;
+mod group;
 mod jobs;
 mod journeys;
 mod messages;
@@ -19,6 +20,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
+pub use group::{GroupCommit, TxFuture};
+pub use jobs::{NextDue, earliest};
 pub use models::*;
 pub use segments::{FactRead, FactRow};
 
@@ -28,6 +31,8 @@ pub enum StoreError {
     Sqlx(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("a batched write was abandoned before it committed")]
+    Abandoned,
     #[error("unsupported database url `{0}`: use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
 }
@@ -85,9 +90,12 @@ impl Store {
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
             // The one writer keeps the pages it touches (ledger and event indexes, 64 MiB) and
-            // its statement journals in memory.
+            // its statement journals in memory. A SQLite connection is a file handle in this
+            // process: it cannot go stale the way a network connection can, so the pool does
+            // not ping it before every transaction (each ping is a round trip to its thread).
             let writer = SqlitePoolOptions::new()
                 .max_connections(1)
+                .test_before_acquire(false)
                 .connect_with(
                     options
                         .clone()
@@ -98,6 +106,7 @@ impl Store {
                 .await?;
             let reader = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(2))
+                .test_before_acquire(false)
                 .connect_with(options.read_only(false))
                 .await?;
             Ok(Store::Sqlite { writer, reader })

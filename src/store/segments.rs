@@ -411,16 +411,6 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
-    /// The earliest instant a membership can change by time, for the scheduler's sleep.
-    pub async fn next_segment_due(&self) -> Result<Option<DateTime<Utc>>> {
-        let mut tx = self.read().await?;
-        let (at,): (Option<DateTime<Utc>>,) = on_conn!(&mut tx, c => {
-            sqlx::query_as("SELECT MIN(due_at) FROM segment_due").fetch_one(c).await?
-        });
-        tx.commit().await?;
-        Ok(at)
-    }
-
     /// Members per segment.
     pub async fn segment_sizes(&self) -> Result<Vec<(String, i64)>> {
         let mut tx = self.read().await?;

@@ -220,23 +220,4 @@ impl Store {
         tx.commit().await?;
         Ok(rows)
     }
-
-    /// The earliest time-trigger instant, for the scheduler's sleep.
-    pub async fn next_trigger_time(&self) -> Result<Option<DateTime<Utc>>> {
-        let mut tx = self.read().await?;
-        let (a, b): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = on_conn!(&mut tx, c => {
-            let a: (Option<DateTime<Utc>>,) = sqlx::query_as("SELECT MIN(fire_at) FROM trigger_times")
-                .fetch_one(&mut *c)
-                .await?;
-            let b: (Option<DateTime<Utc>>,) = sqlx::query_as("SELECT MIN(next_run_at) FROM trigger_specs")
-                .fetch_one(&mut *c)
-                .await?;
-            (a.0, b.0)
-        });
-        tx.commit().await?;
-        Ok(match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
-    }
 }

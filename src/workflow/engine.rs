@@ -2,6 +2,8 @@
 //! needs a retry. Every move is committed before the next step starts, and every change checks
 //! that this worker still holds the job's lease, so a journey never runs on two workers at once.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Datelike, NaiveTime, TimeDelta, Utc, Weekday};
 use chrono_tz::Tz;
 use serde_json::Value;
@@ -13,7 +15,7 @@ use super::program::Node;
 use super::timing::local_instant;
 use super::trigger::contact_view;
 use crate::core::Core;
-use crate::send::{self, Delivery};
+use crate::send::{self, Delivery, Handover, Prepared};
 use crate::store::{Job, Journey, Result, Tx, job_status, journey_status};
 
 /// How a job run ended.
@@ -39,8 +41,18 @@ enum Move {
     End(&'static str, String),
 }
 
+/// What one step's transaction decided.
+enum Step {
+    /// This run of the job is over.
+    Over(Outcome),
+    /// The journey moved on: run its next step.
+    Next,
+    /// The message is `sending`: hand it over once the transaction committed.
+    Send(Box<Handover>, Box<(Journey, Node)>),
+}
+
 pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
-    let Some(journey_id) = job.journey_id.as_deref() else {
+    let Some(journey_id) = job.journey_id.clone() else {
         return finish(
             core,
             job,
@@ -49,160 +61,204 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
         )
         .await;
     };
+    let job = Arc::new(job.clone());
+    let journey_id: Arc<str> = journey_id.into();
     // When the current step became due. A wait counts from there, not from when a (possibly
     // late) worker got to it, so waits that expired while Herald was down end at once.
     let mut due = job.run_at;
     loop {
         let now = core.clock.now();
-        let mut tx = core.store.write().await?;
-        if !tx.holds_job(&job.id, &core.worker_id).await? {
-            tx.rollback().await?;
-            return Ok(Outcome::LeaseLost);
-        }
-        let journey = match tx.get_journey(journey_id).await? {
-            Some(j) if j.status == journey_status::ACTIVE => j,
-            _ => {
-                tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
-                    .await?;
-                tx.commit().await?;
-                return Ok(Outcome::Done);
-            }
+        // Steps that workers reach together share a transaction (see `GroupCommit`).
+        let step = {
+            let (job, journey_id) = (Arc::clone(&job), Arc::clone(&journey_id));
+            core.group
+                .run(core, &core.store, move |core, tx| {
+                    let (job, journey_id) = (Arc::clone(&job), Arc::clone(&journey_id));
+                    Box::pin(async move { step(core, tx, &job, &journey_id, due, now).await })
+                })
+                .await?
         };
-        let node = match locate(core, &journey) {
-            Ok(node) => node,
-            Err(reason) => {
-                end(
-                    &mut tx,
-                    core,
-                    job,
-                    &journey,
-                    journey_status::FAILED,
-                    &reason,
-                    now,
-                )
-                .await?;
-                tx.commit().await?;
-                return Ok(Outcome::Done);
-            }
+        let (handover, at) = match step {
+            Step::Over(outcome) => return Ok(requeued(core, outcome)),
+            Step::Next => continue,
+            Step::Send(handover, at) => (handover, at),
         };
-        let mv = match &node.step.kind {
-            StepKind::Wait(wait) => {
-                let until = wait_until(core, &mut tx, &journey, wait, due.min(now)).await?;
-                return park(tx, core, job, &journey, node.next.clone(), None, until, now).await;
-            }
-            StepKind::WaitFor { event, timeout } => {
-                // Wait until the event arrives (trigger::on_event wakes the job) or the timeout.
-                let until = due.min(now) + timeout.0;
-                let mut context = journey.context.0.clone();
-                context["waiting"] =
-                    serde_json::json!({ "step": node.key, "event": event, "until": until });
-                return park(
-                    tx,
-                    core,
-                    job,
-                    &journey,
-                    node.next.clone(),
-                    Some(&context),
-                    until,
-                    now,
-                )
-                .await;
-            }
-            StepKind::Branch { condition, .. } => {
-                let holds = branch_holds(core, &mut tx, &journey, condition, now).await?;
-                Move::To(node.children[if holds { 0 } else { 1 }].clone())
-            }
-            StepKind::Split(variants) => {
-                let (index, variant) = choose_variant(&journey, &node.key, variants);
-                let mut context = journey.context.0.clone();
-                if let Value::Object(map) = &mut context {
-                    let chosen = map
-                        .entry("variants")
-                        .or_insert_with(|| Value::Object(Default::default()));
-                    if let Value::Object(v) = chosen {
-                        v.insert(node.key.clone(), Value::String(variant.name.clone()));
-                    }
-                }
-                let target = node.children.get(index).cloned().flatten();
-                match target.or_else(|| node.next.clone()) {
-                    Some(next) => {
-                        tx.advance_journey(&journey.id, &next, Some(&context), now)
-                            .await?;
-                        tx.commit().await?;
-                        continue;
-                    }
-                    None => Move::To(None),
-                }
-            }
-            StepKind::Update { attribute, value } => {
-                if let Some(mut contact) = tx.get_contact(&journey.contact_id).await? {
-                    let mut attributes = contact.attributes.0.clone();
-                    set_path(&mut attributes, attribute, value.clone());
-                    tx.set_contact_attributes(&contact.id, &attributes, now)
-                        .await?;
-                    contact.attributes.0 = attributes;
-                    crate::segment::membership::on_contact_changed(&mut tx, core, &contact, now)
-                        .await?;
-                }
-                Move::To(node.next.clone())
-            }
-            StepKind::Suppress { reason } => {
-                if let Some(contact) = tx.get_contact(&journey.contact_id).await? {
-                    let detail = format!("workflow {}", journey.workflow);
-                    tx.suppress(&contact.email, reason, Some(&detail), now)
-                        .await?;
-                }
-                Move::To(node.next.clone())
-            }
-            StepKind::Exit => Move::End(journey_status::COMPLETED, "exit step".to_owned()),
-            StepKind::Send(spec) => {
-                // The send pipeline manages its own short transactions around the network call.
-                tx.commit().await?;
-                match send::deliver(core, &journey, &node, spec).await? {
-                    Delivery::Resolved => {
-                        due = core.clock.now();
-                        let mut tx = core.store.write().await?;
-                        if !tx.holds_job(&job.id, &core.worker_id).await? {
-                            tx.rollback().await?;
-                            return Ok(Outcome::LeaseLost);
-                        }
-                        if let Some(outcome) =
-                            go(&mut tx, core, job, &journey, node.next.clone(), now).await?
-                        {
-                            tx.commit().await?;
-                            return Ok(outcome);
-                        }
-                        tx.commit().await?;
-                        continue;
-                    }
-                    Delivery::Retry { error, retry_after } => {
-                        return retry(core, job, &journey, &node, &error, retry_after).await;
-                    }
-                    Delivery::Defer { until, reason } => {
-                        return defer(core, job, &reason, until).await;
-                    }
-                }
-            }
-        };
-        let outcome = match mv {
-            Move::To(target) => go(&mut tx, core, job, &journey, target, now).await?,
-            Move::End(status, reason) => {
-                end(&mut tx, core, job, &journey, status, &reason, now).await?;
-                Some(Outcome::Done)
-            }
-        };
-        tx.commit().await?;
-        if let Some(outcome) = outcome {
-            return Ok(outcome);
+        let result = send::transmit(core, &handover).await;
+        let now = core.clock.now();
+        let receipt = Arc::new(send::receipt(&handover, result, now));
+        // The receipt and the journey's next move share a transaction, and so do the
+        // receipts of sends that finish together.
+        let (job2, at) = (Arc::clone(&job), Arc::new(*at));
+        let outcome = core
+            .group
+            .run(core, &core.store, move |core, tx| {
+                let (receipt, job, at) = (Arc::clone(&receipt), Arc::clone(&job2), Arc::clone(&at));
+                Box::pin(async move {
+                    let (journey, node) = &*at;
+                    send::record(tx, &receipt, now).await?;
+                    next_move(
+                        tx,
+                        &core.worker_id,
+                        &job,
+                        journey,
+                        node,
+                        &receipt.delivery,
+                        now,
+                    )
+                    .await
+                })
+            })
+            .await?;
+        due = now;
+        match outcome {
+            Some(outcome) => return Ok(requeued(core, outcome)),
+            None => continue,
         }
     }
+}
+
+/// Runs the journey's current step in `tx`, up to the network: everything but the transport
+/// call of a send. Checks first that this worker still holds the job.
+async fn step(
+    core: &Core,
+    tx: &mut Tx,
+    job: &Job,
+    journey_id: &str,
+    due: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Step> {
+    // One statement checks the lease and reads the journey; only when it finds nothing does a
+    // second one tell a lost lease from a journey that is gone.
+    let journey = match tx
+        .held_journey(&job.id, &core.worker_id, journey_id)
+        .await?
+    {
+        Some(j) if j.status == journey_status::ACTIVE => j,
+        found => {
+            if found.is_none() && !tx.holds_job(&job.id, &core.worker_id).await? {
+                return Ok(Step::Over(Outcome::LeaseLost));
+            }
+            tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
+                .await?;
+            return Ok(Step::Over(Outcome::Done));
+        }
+    };
+    let node = match locate(core, &journey) {
+        Ok(node) => node,
+        Err(reason) => {
+            end(
+                tx,
+                &core.worker_id,
+                job,
+                &journey,
+                journey_status::FAILED,
+                &reason,
+                now,
+            )
+            .await?;
+            return Ok(Step::Over(Outcome::Done));
+        }
+    };
+    let mv = match &node.step.kind {
+        StepKind::Wait(wait) => {
+            let until = wait_until(core, tx, &journey, wait, due.min(now)).await?;
+            return park(tx, core, job, &journey, node.next.clone(), None, until, now).await;
+        }
+        StepKind::WaitFor { event, timeout } => {
+            // Wait until the event arrives (trigger::on_event wakes the job) or the timeout.
+            let until = due.min(now) + timeout.0;
+            let mut context = journey.context.0.clone();
+            context["waiting"] =
+                serde_json::json!({ "step": node.key, "event": event, "until": until });
+            return park(
+                tx,
+                core,
+                job,
+                &journey,
+                node.next.clone(),
+                Some(&context),
+                until,
+                now,
+            )
+            .await;
+        }
+        StepKind::Branch { condition, .. } => {
+            let holds = branch_holds(core, tx, &journey, condition, now).await?;
+            Move::To(node.children[if holds { 0 } else { 1 }].clone())
+        }
+        StepKind::Split(variants) => {
+            let (index, variant) = choose_variant(&journey, &node.key, variants);
+            let mut context = journey.context.0.clone();
+            if let Value::Object(map) = &mut context {
+                let chosen = map
+                    .entry("variants")
+                    .or_insert_with(|| Value::Object(Default::default()));
+                if let Value::Object(v) = chosen {
+                    v.insert(node.key.clone(), Value::String(variant.name.clone()));
+                }
+            }
+            let target = node.children.get(index).cloned().flatten();
+            match target.or_else(|| node.next.clone()) {
+                Some(next) => {
+                    tx.advance_journey(&journey.id, &next, Some(&context), now)
+                        .await?;
+                    return Ok(Step::Next);
+                }
+                None => Move::To(None),
+            }
+        }
+        StepKind::Update { attribute, value } => {
+            if let Some(mut contact) = tx.get_contact(&journey.contact_id).await? {
+                let mut attributes = contact.attributes.0.clone();
+                set_path(&mut attributes, attribute, value.clone());
+                tx.set_contact_attributes(&contact.id, &attributes, now)
+                    .await?;
+                contact.attributes.0 = attributes;
+                crate::segment::membership::on_contact_changed(tx, core, &contact, now).await?;
+            }
+            Move::To(node.next.clone())
+        }
+        StepKind::Suppress { reason } => {
+            if let Some(contact) = tx.get_contact(&journey.contact_id).await? {
+                let detail = format!("workflow {}", journey.workflow);
+                tx.suppress(&contact.email, reason, Some(&detail), now)
+                    .await?;
+            }
+            Move::To(node.next.clone())
+        }
+        StepKind::Exit => Move::End(journey_status::COMPLETED, "exit step".to_owned()),
+        StepKind::Send(spec) => {
+            // The message row and the move to `sending` share this step's transaction, which
+            // commits before the transport is called.
+            match send::prepare(core, tx, &journey, &node, spec, now).await? {
+                Prepared::Done(Delivery::Resolved) => Move::To(node.next.clone()),
+                Prepared::Done(delivery) => {
+                    let outcome =
+                        next_move(tx, &core.worker_id, job, &journey, &node, &delivery, now)
+                            .await?;
+                    return Ok(outcome.map_or(Step::Next, Step::Over));
+                }
+                Prepared::Send(handover) => {
+                    return Ok(Step::Send(handover, Box::new((journey, node))));
+                }
+            }
+        }
+    };
+    let outcome = match mv {
+        Move::To(target) => go(tx, &core.worker_id, job, &journey, target, now).await?,
+        Move::End(status, reason) => {
+            end(tx, &core.worker_id, job, &journey, status, &reason, now).await?;
+            Some(Outcome::Done)
+        }
+    };
+    Ok(outcome.map_or(Step::Next, Step::Over))
 }
 
 /// Moves the journey to `next` and parks its job until `until` (a wait); completes the journey
 /// when nothing follows, since waiting to end changes nothing.
 #[allow(clippy::too_many_arguments)]
 async fn park(
-    mut tx: Tx,
+    tx: &mut Tx,
     core: &Core,
     job: &Job,
     journey: &Journey,
@@ -210,11 +266,11 @@ async fn park(
     context: Option<&Value>,
     until: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> Result<Outcome> {
+) -> Result<Step> {
     let Some(next) = next else {
         end(
-            &mut tx,
-            core,
+            tx,
+            &core.worker_id,
             job,
             journey,
             journey_status::COMPLETED,
@@ -222,15 +278,12 @@ async fn park(
             now,
         )
         .await?;
-        tx.commit().await?;
-        return Ok(Outcome::Done);
+        return Ok(Step::Over(Outcome::Done));
     };
     tx.advance_journey(&journey.id, &next, context, now).await?;
     tx.requeue_job(&job.id, &core.worker_id, until, true, None, now)
         .await?;
-    tx.commit().await?;
-    core.wake_scheduler();
-    Ok(Outcome::Waiting(until))
+    Ok(Step::Over(Outcome::Waiting(until)))
 }
 
 /// The journey's current step, or why it cannot run.
@@ -248,10 +301,11 @@ fn locate(core: &Core, journey: &Journey) -> Result<Node, String> {
     })
 }
 
-/// Moves to `target` and keeps running (`None`), or completes the journey at the end.
+/// Moves to `target` and keeps running (`None`), or completes the journey at the end. The
+/// caller's transaction already checked the lease.
 async fn go(
     tx: &mut Tx,
-    core: &Core,
+    worker: &str,
     job: &Job,
     journey: &Journey,
     target: Option<String>,
@@ -263,43 +317,94 @@ async fn go(
                 Ok(None)
             } else {
                 // The journey exited while this step ran.
-                tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
+                tx.finish_job(&job.id, worker, job_status::DONE, None, now)
                     .await?;
                 Ok(Some(Outcome::Done))
             }
         }
-        None => {
-            end(
+        None => Ok(Some(
+            if end(
                 tx,
-                core,
+                worker,
                 job,
                 journey,
                 journey_status::COMPLETED,
                 "completed",
                 now,
             )
-            .await?;
-            Ok(Some(Outcome::Done))
-        }
+            .await?
+            {
+                Outcome::Done
+            } else {
+                Outcome::LeaseLost
+            },
+        )),
     }
 }
 
+/// Finishes the worker's job and ends its journey; answers false, changing nothing, when the
+/// worker no longer holds the job. A journey has one job, so finishing it closes the journey's
+/// work.
 async fn end(
     tx: &mut Tx,
-    core: &Core,
+    worker: &str,
     job: &Job,
     journey: &Journey,
     status: &str,
     reason: &str,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<bool> {
+    if !tx
+        .finish_job(&job.id, worker, job_status::DONE, None, now)
+        .await?
+    {
+        return Ok(false);
+    }
     if status == journey_status::FAILED {
         tracing::warn!(journey = %journey.id, workflow = %journey.workflow, reason, "journey failed");
     }
-    tx.end_journey(&journey.id, status, reason, now).await?;
-    tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
-        .await?;
-    Ok(())
+    tx.close_journey(&journey.id, status, reason, now).await?;
+    Ok(true)
+}
+
+/// The journey's next move after a send step, in the transaction that records the step's
+/// outcome (which commits whatever happens, since a receipt must stay): when this worker still
+/// holds the job, move on, retry or defer; else change nothing more. `None`: the journey moved
+/// on to its next step; keep running.
+async fn next_move(
+    tx: &mut Tx,
+    worker: &str,
+    job: &Job,
+    journey: &Journey,
+    node: &Node,
+    delivery: &Delivery,
+    now: DateTime<Utc>,
+) -> Result<Option<Outcome>> {
+    Ok(match delivery {
+        // Ending the journey checks the lease in the statement that finishes the job; moving
+        // on to a next step checks it first.
+        Delivery::Resolved if node.next.is_some() && !tx.holds_job(&job.id, worker).await? => {
+            Some(Outcome::LeaseLost)
+        }
+        Delivery::Resolved => go(tx, worker, job, journey, node.next.clone(), now).await?,
+        Delivery::Retry { error, retry_after } => {
+            Some(retry(tx, worker, job, journey, node, error, *retry_after, now).await?)
+        }
+        Delivery::Defer { until, reason } => {
+            Some(defer(tx, worker, job, reason, *until, now).await?)
+        }
+    })
+}
+
+/// Wakes the scheduler when a committed outcome queued the job again.
+fn requeued(core: &Core, outcome: Outcome) -> Outcome {
+    if matches!(
+        outcome,
+        Outcome::Waiting(_) | Outcome::Retrying(_) | Outcome::Deferred(_)
+    ) {
+        core.wake_scheduler();
+    }
+    outcome
 }
 
 async fn finish(core: &Core, job: &Job, status: &str, error: Option<&str>) -> Result<Outcome> {
@@ -315,52 +420,49 @@ async fn finish(core: &Core, job: &Job, status: &str, error: Option<&str>) -> Re
 }
 
 /// Re-queues the job after a transient send failure, or gives up when out of attempts.
+#[allow(clippy::too_many_arguments)]
 async fn retry(
-    core: &Core,
+    tx: &mut Tx,
+    worker: &str,
     job: &Job,
     journey: &Journey,
     node: &Node,
     error: &str,
     retry_after: Option<std::time::Duration>,
+    now: DateTime<Utc>,
 ) -> Result<Outcome> {
-    let now = core.clock.now();
-    let mut tx = core.store.write().await?;
     if job.attempts >= job.max_attempts {
         let reason = format!("gave up after {} attempts: {error}", job.attempts);
-        send::give_up(&mut tx, journey, &node.key, &reason, now).await?;
+        send::give_up(tx, journey, &node.key, &reason, now).await?;
         tx.end_journey(&journey.id, journey_status::FAILED, &reason, now)
             .await?;
         // end_journey closed the job as done; mark it dead so it shows up as such.
-        crate::scheduler::mark_dead(&mut tx, &job.id, &reason, now).await?;
-        tx.commit().await?;
+        crate::scheduler::mark_dead(tx, &job.id, &reason, now).await?;
         return Ok(Outcome::Dead);
     }
     let delay = crate::scheduler::backoff(job.attempts, retry_after);
     let at = now + delay;
-    tx.requeue_job(&job.id, &core.worker_id, at, false, Some(error), now)
+    tx.requeue_job(&job.id, worker, at, false, Some(error), now)
         .await?;
-    tx.commit().await?;
-    core.wake_scheduler();
     Ok(Outcome::Retrying(at))
 }
 
 /// Re-queues the job for `until` (quiet hours end, the frequency cap allows, a provider quota
 /// resets) without counting the attempt: waiting is not a failure of the message, and must not
 /// exhaust its attempts.
-async fn defer(core: &Core, job: &Job, error: &str, until: DateTime<Utc>) -> Result<Outcome> {
-    let now = core.clock.now();
-    let mut tx = core.store.write().await?;
+async fn defer(
+    tx: &mut Tx,
+    worker: &str,
+    job: &Job,
+    error: &str,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Outcome> {
     let at = until.max(now);
-    if !tx
-        .defer_job(&job.id, &core.worker_id, at, error, now)
-        .await?
-    {
-        tx.rollback().await?;
+    if !tx.defer_job(&job.id, worker, at, error, now).await? {
         return Ok(Outcome::LeaseLost);
     }
-    tx.commit().await?;
     tracing::info!(job = %job.id, until = %at, reason = error, "send deferred");
-    core.wake_scheduler();
     Ok(Outcome::Deferred(at))
 }
 
