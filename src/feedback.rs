@@ -363,18 +363,18 @@ async fn emit_behavior(
         }
     }
     tx.insert_events(&plain).await?;
+    crate::segment::membership::observe_batch(tx, core, &plain, now).await?;
     Ok(in_order)
 }
 
 /// Whether a contact's `email_<kind>` event named `event` can change anything beyond being
 /// stored: the contact is in a journey (an `exit_on` or `wait_for` may match), a workflow
-/// starts on that event, or the computed profile or a segment reads it. When this is false for
-/// all of a contact's events in a batch, they are stored in bulk and [`apply_effects`] is
-/// skipped.
+/// starts on that event, or a segment reads it. When this is false for all of a contact's
+/// events in a batch, they are stored in bulk, the profile takes them in bulk too, and
+/// [`apply_effects`] is skipped.
 fn needs_effects(core: &Core, contact: &ContactActivity, event: &str) -> bool {
     contact.active_journey
         || core.workflows.triggered_by(event).next().is_some()
-        || core.profile_rules.observes(event)
         || core.segments.event_names().contains(event)
 }
 

@@ -5,7 +5,7 @@
 //! threshold). Each change of membership is stored with its time and emitted as a
 //! `segment_entered` / `segment_exited` event, which starts segment-triggered journeys.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -76,6 +76,61 @@ pub async fn on_event(
         );
     }
     refresh(tx, core, contact, profile, now).await
+}
+
+/// Applies events that only the profile reads (no segment reads them and nothing else reacts),
+/// stored in bulk for several contacts. A change that leaves the engagement tier, purchases
+/// and lifecycle as they were (an active reader opening again) only moves `last_engaged_at`:
+/// those profiles are written together, and the sweep finds the later lapse instant when the
+/// earlier one comes. Any other change re-evaluates the contact.
+pub async fn observe_batch(
+    tx: &mut Tx,
+    core: &Core,
+    events: &[Event],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let mut by_contact: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+    for e in events
+        .iter()
+        .filter(|e| core.profile_rules.observes(&e.name))
+    {
+        by_contact.entry(&e.contact_id).or_default().push(e);
+    }
+    let mut quiet = Vec::new();
+    for (id, events) in by_contact {
+        let Some(mut contact) = tx.get_contact(id).await? else {
+            continue;
+        };
+        let before = Profile::from_json(&contact.profile.0);
+        let mut after = before.clone();
+        for e in events {
+            after.observe(
+                &Observed {
+                    name: &e.name,
+                    properties: &e.properties.0,
+                    occurred_at: e.occurred_at,
+                },
+                &core.profile_rules,
+            );
+        }
+        if after == before {
+            continue;
+        }
+        let same_tier = after.last_engaged_at.is_some()
+            && after
+                .engagement_at(contact.created_at, 0, now, &core.profile_rules)
+                .0
+                == before.engagement;
+        if same_tier && after.purchase == before.purchase && after.lifecycle == before.lifecycle {
+            let orders = after.purchase.orders;
+            contact.profile = Json(after.to_json());
+            quiet.push((contact, orders));
+        } else {
+            refresh(tx, core, &contact, after, now).await?;
+        }
+    }
+    let rows: Vec<(&Contact, i64)> = quiet.iter().map(|(c, o)| (c, *o)).collect();
+    tx.store_profiles(&rows).await
 }
 
 /// Re-evaluates a contact whose attributes changed.

@@ -212,11 +212,25 @@ impl Profile {
         now: DateTime<Utc>,
         rules: &ProfileRules,
     ) -> Option<DateTime<Utc>> {
+        let (tier, next) = self.engagement_at(created_at, sends, now, rules);
+        self.engagement = tier;
+        self.purchase.tier = purchase_tier(&self.purchase, high_value);
+        next
+    }
+
+    /// The engagement tier at `now`, and the instant it lapses next.
+    pub fn engagement_at(
+        &self,
+        created_at: DateTime<Utc>,
+        sends: i64,
+        now: DateTime<Utc>,
+        rules: &ProfileRules,
+    ) -> (Tier, Option<DateTime<Utc>>) {
         let reference = self.last_engaged_at.unwrap_or(created_at);
         let lapse = TimeDelta::microseconds(1);
         let inactive_at = reference + rules.active_within + lapse;
         let dormant_at = reference + rules.inactive_within + lapse;
-        let (tier, next) = if self.last_engaged_at.is_none() && sends >= rules.dormant_after_sends {
+        if self.last_engaged_at.is_none() && sends >= rules.dormant_after_sends {
             (Tier::Dormant, None)
         } else if now < inactive_at {
             (Tier::Active, Some(inactive_at))
@@ -224,10 +238,7 @@ impl Profile {
             (Tier::Inactive, Some(dormant_at))
         } else {
             (Tier::Dormant, None)
-        };
-        self.engagement = tier;
-        self.purchase.tier = purchase_tier(&self.purchase, high_value);
-        next
+        }
     }
 }
 

@@ -433,3 +433,43 @@ async fn a_burst_of_clicks_is_a_scanner_however_it_is_batched(db: Db) {
     app.finish().await;
 }
 both_backends!(a_burst_of_clicks_is_a_scanner_however_it_is_batched);
+
+/// Opens of contacts nothing else reacts to are stored in bulk; the profile still takes them:
+/// a human open moves `last_engaged_at`, a machine open does not.
+async fn bulk_opens_reach_the_profile(db: Db) {
+    let app = spawn(db).await;
+    let ana = sent_message(&app, "c-ana", "ana@example.com").await;
+    let bo = sent_message(&app, "c-bo", "bo@example.com").await;
+    let profile = |id: &'static str| {
+        let app = &app;
+        async move {
+            let (_, body) = app.get(&format!("/v1/contacts/{id}")).await;
+            body["contact"]["profile"].clone()
+        }
+    };
+    let t1 = app.clock.now();
+    let machine = DeliveryKind::Opened { machine: true };
+    batch(
+        &app,
+        &[
+            about("o-1", &ana, t1, opened()),
+            about("o-2", &bo, t1, machine),
+        ],
+    )
+    .await;
+    assert_eq!(
+        profile("c-ana").await["last_engaged_at"],
+        json!(t1.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+    );
+    assert_eq!(profile("c-ana").await["engagement"], "active");
+    assert!(profile("c-bo").await["last_engaged_at"].is_null());
+    app.clock.advance(TimeDelta::days(1));
+    let t2 = app.clock.now();
+    batch(&app, &[about("o-3", &ana, t2, opened())]).await;
+    assert_eq!(
+        profile("c-ana").await["last_engaged_at"],
+        json!(t2.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+    );
+    app.finish().await;
+}
+both_backends!(bulk_opens_reach_the_profile);
