@@ -96,14 +96,18 @@ pub async fn observe_batch(
     {
         by_contact.entry(&e.contact_id).or_default().push(e);
     }
+    let ids: Vec<&str> = by_contact.keys().copied().collect();
+    let mut contacts = tx.contacts_by_ids(&ids).await?;
+    // In id order, so concurrent batches lock contacts in one order (PostgreSQL deadlocks).
+    contacts.sort_by(|a, b| a.id.cmp(&b.id));
     let mut quiet = Vec::new();
-    for (id, events) in by_contact {
-        let Some(mut contact) = tx.get_contact(id).await? else {
+    for mut contact in contacts {
+        let Some(events) = by_contact.get(contact.id.as_str()) else {
             continue;
         };
         let before = Profile::from_json(&contact.profile.0);
         let mut after = before.clone();
-        for e in events {
+        for e in events.iter() {
             after.observe(
                 &Observed {
                     name: &e.name,

@@ -113,6 +113,26 @@ impl Tx {
         }))
     }
 
+    /// The contacts with these ids (those that exist), in one query.
+    pub async fn contacts_by_ids(&mut self, ids: &[&str]) -> Result<Vec<super::Contact>> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1000) {
+            let sql = format!(
+                "SELECT * FROM contacts WHERE id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let rows: Vec<super::Contact> = on_conn!(self, c => {
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                q.fetch_all(c).await?
+            });
+            found.extend(rows);
+        }
+        Ok(found)
+    }
+
     /// Adds (segment, contact) memberships entered at `now`.
     pub async fn add_members(&mut self, rows: &[(&str, &str)], now: DateTime<Utc>) -> Result<()> {
         for chunk in rows.chunks(1000) {
@@ -143,27 +163,26 @@ impl Tx {
         Ok(())
     }
 
-    /// Stores computed profiles (with each contact's order count, kept beside the profile for
-    /// RFM ranking). The contacts exist; the insert form only lets one statement carry many rows.
+    /// Stores computed profiles, with each contact's order count (kept beside the profile for
+    /// RFM ranking), in one statement per 1000 contacts.
     pub async fn store_profiles(&mut self, rows: &[(&super::Contact, i64)]) -> Result<()> {
-        for chunk in rows.chunks(500) {
-            let sql = format!(
-                "INSERT INTO contacts (id, email, attributes, subscribed, created_at, updated_at, profile, orders)
-                 VALUES {} ON CONFLICT (id) DO UPDATE SET profile = excluded.profile, orders = excluded.orders",
-                values(chunk.len(), 8)
-            );
+        for chunk in rows.chunks(1000) {
+            let values = values(chunk.len(), 3);
+            // The same update; only the way to name a VALUES list's columns differs.
+            let sql = match self.backend() {
+                super::Backend::Sqlite => format!(
+                    "UPDATE contacts SET profile = v.column2, orders = v.column3
+                     FROM (VALUES {values}) AS v WHERE contacts.id = v.column1"
+                ),
+                super::Backend::Postgres => format!(
+                    "UPDATE contacts SET profile = v.profile, orders = v.orders
+                     FROM (VALUES {values}) AS v (id, profile, orders) WHERE contacts.id = v.id"
+                ),
+            };
             on_conn!(self, c => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
                 for (contact, orders) in chunk {
-                    q = q
-                        .bind(&contact.id)
-                        .bind(&contact.email)
-                        .bind(&contact.attributes)
-                        .bind(contact.subscribed)
-                        .bind(contact.created_at)
-                        .bind(contact.updated_at)
-                        .bind(&contact.profile)
-                        .bind(*orders);
+                    q = q.bind(&contact.id).bind(&contact.profile).bind(*orders);
                 }
                 q.execute(c).await?;
             });
