@@ -133,7 +133,10 @@ pub async fn observe_batch(
             refresh(tx, core, &contact, after, now).await?;
         }
     }
-    let rows: Vec<(&Contact, i64)> = quiet.iter().map(|(c, o)| (c, *o)).collect();
+    let rows: Vec<(&str, &Value, i64)> = quiet
+        .iter()
+        .map(|(c, o)| (c.id.as_str(), &c.profile.0, *o))
+        .collect();
     tx.store_profiles(&rows).await
 }
 
@@ -287,7 +290,12 @@ async fn apply(
     now: DateTime<Utc>,
 ) -> Result<Contact> {
     let sends = match profile.last_engaged_at {
-        None => tx.sent_count(&contact.id).await?,
+        None => tx
+            .sent_counts(std::slice::from_ref(&contact.id))
+            .await?
+            .get(&contact.id)
+            .copied()
+            .unwrap_or(0),
         Some(_) => 0,
     };
     let high_value = match profile.purchase.orders {
@@ -309,10 +317,10 @@ async fn store(
     cause: Cause,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let profiles: Vec<(&Contact, i64)> = decisions
+    let profiles: Vec<(&str, &Value, i64)> = decisions
         .iter()
         .filter(|d| d.profile_changed)
-        .map(|d| (&d.contact, d.orders))
+        .map(|d| (d.contact.id.as_str(), &d.contact.profile.0, d.orders))
         .collect();
     tx.store_profiles(&profiles).await?;
     let mut added = Vec::new();
@@ -663,9 +671,11 @@ async fn refresh_population(core: &Core, job: &Job) -> Result<Outcome> {
     }
     for chunk in changed.chunks(BATCH) {
         let mut tx = core.store.write().await?;
-        for (id, profile, orders) in chunk {
-            tx.set_profile(id, profile, *orders).await?;
-        }
+        let rows: Vec<(&str, &Value, i64)> = chunk
+            .iter()
+            .map(|(id, profile, orders)| (id.as_str(), profile, *orders))
+            .collect();
+        tx.store_profiles(&rows).await?;
         let due: Vec<(&str, Option<DateTime<Utc>>)> = chunk
             .iter()
             .map(|(id, _, _)| (id.as_str(), Some(now)))

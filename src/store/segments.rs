@@ -165,7 +165,7 @@ impl Tx {
 
     /// Stores computed profiles, with each contact's order count (kept beside the profile for
     /// RFM ranking), in one statement per 1000 contacts.
-    pub async fn store_profiles(&mut self, rows: &[(&super::Contact, i64)]) -> Result<()> {
+    pub async fn store_profiles(&mut self, rows: &[(&str, &Value, i64)]) -> Result<()> {
         for chunk in rows.chunks(1000) {
             let values = values(chunk.len(), 3);
             // The same update; only the way to name a VALUES list's columns differs.
@@ -181,8 +181,8 @@ impl Tx {
             };
             on_conn!(self, c => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-                for (contact, orders) in chunk {
-                    q = q.bind(&contact.id).bind(&contact.profile).bind(*orders);
+                for (id, profile, orders) in chunk {
+                    q = q.bind(*id).bind(Json(*profile)).bind(*orders);
                 }
                 q.execute(c).await?;
             });
@@ -232,24 +232,6 @@ impl Tx {
         Ok(())
     }
 
-    /// Stores one contact's computed profile and order count.
-    pub async fn set_profile(
-        &mut self,
-        contact_id: &str,
-        profile: &Value,
-        orders: i64,
-    ) -> Result<()> {
-        on_conn!(self, c => {
-            sqlx::query("UPDATE contacts SET profile = $2, orders = $3 WHERE id = $1")
-                .bind(contact_id)
-                .bind(Json(profile))
-                .bind(orders)
-                .execute(c)
-                .await?;
-        });
-        Ok(())
-    }
-
     /// Messages handed to a transport, per contact, for the contacts given.
     pub async fn sent_counts(
         &mut self,
@@ -271,19 +253,6 @@ impl Tx {
             q.fetch_all(c).await?
         });
         Ok(rows.into_iter().collect())
-    }
-
-    /// Messages handed to a transport for the contact (for "never engaged after N sends").
-    pub async fn sent_count(&mut self, contact_id: &str) -> Result<i64> {
-        let (n,): (i64,) = on_conn!(self, c => {
-            sqlx::query_as(
-                "SELECT COUNT(*) FROM messages WHERE contact_id = $1 AND status IN ('sent', 'unknown')",
-            )
-            .bind(contact_id)
-            .fetch_one(c)
-            .await?
-        });
-        Ok(n)
     }
 
     /// Marks every contact who received a message since `since` and never engaged as due, so

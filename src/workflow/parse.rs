@@ -779,17 +779,11 @@ impl<'a> Reader<'a> {
         Some(name)
     }
 
-    // ---- Segment ----
-
-    fn segment(&mut self, root: &SNode) -> Option<(SegmentDef, Option<Location>)> {
-        if matches!(root.value, Node::Null) {
-            self.error(
-                root.referenced,
-                "the file is empty: a segment needs `match`",
-            );
-            return None;
-        }
-        let f = self.fields(root, "a segment", &["name", "description", "match"])?;
+    /// A file's `name` (default: the file stem), where it was written, and its `description`.
+    fn name_and_description(
+        &mut self,
+        f: &Fields<'_>,
+    ) -> (Option<String>, Option<Location>, Option<String>) {
         let name_at = f.get("name").map(|n| n.referenced);
         let name = match f.get("name") {
             Some(node) => self.name(node, "`name`"),
@@ -804,6 +798,21 @@ impl<'a> Reader<'a> {
         let description = f
             .get("description")
             .and_then(|n| self.string(n, "`description`"));
+        (name, name_at, description)
+    }
+
+    // ---- Segment ----
+
+    fn segment(&mut self, root: &SNode) -> Option<(SegmentDef, Option<Location>)> {
+        if matches!(root.value, Node::Null) {
+            self.error(
+                root.referenced,
+                "the file is empty: a segment needs `match`",
+            );
+            return None;
+        }
+        let f = self.fields(root, "a segment", &["name", "description", "match"])?;
+        let (name, name_at, description) = self.name_and_description(&f);
         let matcher = self
             .required(&f, "match", "the segment")
             .map(|n| Condition::All(self.condition_list(n, Scope::Segment)));
@@ -840,20 +849,7 @@ impl<'a> Reader<'a> {
             return None;
         }
         let f = self.fields(root, "a workflow", WORKFLOW_KEYS)?;
-        let name_at = f.get("name").map(|n| n.referenced);
-        let name = match f.get("name") {
-            Some(node) => self.name(node, "`name`"),
-            None => Some(
-                self.file
-                    .file_stem()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
-        };
-        let description = f
-            .get("description")
-            .and_then(|n| self.string(n, "`description`"));
+        let (name, name_at, description) = self.name_and_description(&f);
         let category = f
             .get("category")
             .and_then(|n| self.category(n))
