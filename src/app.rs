@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -15,9 +14,6 @@ use crate::config::Settings;
 use crate::core::Core;
 use crate::diagnostic::Diagnostic;
 use crate::store::Store;
-
-/// How long in-flight sends may finish after a stop request.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -109,13 +105,8 @@ impl Application {
     /// finish (bounded), and closes connections.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let core = Arc::clone(&self.core);
-        let workers = (self.role != Role::Api).then(|| {
-            tokio::spawn(crate::scheduler::run(
-                Arc::clone(&core),
-                shutdown.clone(),
-                SHUTDOWN_GRACE,
-            ))
-        });
+        let workers = (self.role != Role::Api)
+            .then(|| tokio::spawn(crate::scheduler::run(Arc::clone(&core), shutdown.clone())));
         if let Some(listener) = self.listener {
             let stop_hits = CancellationToken::new();
             let hits = core.hits.start(Arc::clone(&core), stop_hits.clone());

@@ -470,6 +470,9 @@ pub struct WorkerSettings {
     pub max_attempts: u32,
     /// Fallback poll interval for work enqueued by other processes.
     pub poll_interval: String,
+    /// After SIGTERM or Ctrl-C: how long in-flight jobs may finish before they are cancelled
+    /// and their leases released for another node.
+    pub shutdown_grace: String,
 }
 
 impl TransportSettings {
@@ -596,6 +599,7 @@ concurrency = 32
 lease = "60s"
 max_attempts = 8
 poll_interval = "1s"
+shutdown_grace = "20s"
 
 [profile]
 active_within = "30d"
@@ -697,6 +701,7 @@ impl Settings {
         for (key, value) in [
             ("workers.lease", &self.workers.lease),
             ("workers.poll_interval", &self.workers.poll_interval),
+            ("workers.shutdown_grace", &self.workers.shutdown_grace),
         ] {
             crate::workflow::model::Duration::parse_setting(key, value)?;
         }

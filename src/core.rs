@@ -56,6 +56,8 @@ pub struct Core {
     pub worker_id: String,
     pub lease: TimeDelta,
     pub poll: TimeDelta,
+    /// How long in-flight jobs may finish after a stop request.
+    pub shutdown_grace: std::time::Duration,
     pub max_attempts: i64,
     /// `[sending]` etiquette defaults; workflows may override them.
     pub policy: crate::policy::Policy,
@@ -94,6 +96,9 @@ impl Core {
         };
         let lease = duration("workers.lease", &settings.workers.lease)?;
         let poll = duration("workers.poll_interval", &settings.workers.poll_interval)?;
+        let shutdown_grace = duration("workers.shutdown_grace", &settings.workers.shutdown_grace)?
+            .to_std()
+            .unwrap_or_default();
         let policy = settings.policy().map_err(BuildError::Setting)?;
         let verifier = crate::webhook::Verifier::new(&settings.webhooks, dir)
             .map_err(|e| BuildError::Setting(e.to_string()))?;
@@ -115,6 +120,7 @@ impl Core {
             worker_id: format!("{}-{}", hostname_hint(), uuid::Uuid::now_v7()),
             lease,
             poll,
+            shutdown_grace,
             hits: Default::default(),
             group: Default::default(),
             wake: Notify::new(),

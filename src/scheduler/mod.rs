@@ -8,8 +8,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use rand::Rng;
 use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::core::Core;
 use crate::segment::membership;
@@ -89,8 +89,9 @@ fn claim_low_water(workers: usize) -> usize {
     (workers / 4).clamp(1, CLAIM_BATCH)
 }
 
-/// The worker loop of `herald serve`: runs until `shutdown`, then lets in-flight jobs finish
-/// for up to `grace`.
+/// The worker loop of `herald serve`: runs until `shutdown`, then stops claiming, lets
+/// in-flight jobs finish for up to `workers.shutdown_grace`, cancels the rest and releases
+/// their leases so another node takes them over at once instead of after the lease.
 ///
 /// It claims due jobs in batches of up to the free workers, and only when at least
 /// [`claim_low_water`] are free (or all of them) while more jobs are due. It reads the
@@ -98,18 +99,19 @@ fn claim_low_water(workers: usize) -> usize {
 /// one is due, and, when nothing more is due, once to learn how long to sleep: a finished job
 /// wakes the loop only while due jobs wait for a worker, and new work (ingested events,
 /// re-queued jobs) wakes it through [`Core::wake_scheduler`].
-pub async fn run(core: Arc<Core>, shutdown: CancellationToken, grace: Duration) {
+pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
     let workers = core.settings.workers.concurrency.max(1);
     let low_water = claim_low_water(workers);
     let permits = Arc::new(Semaphore::new(workers));
     let finished = Arc::new(Notify::new());
-    let tracker = TaskTracker::new();
+    let mut running = JoinSet::new();
     let mut next_reap = core.clock.now();
     let mut next_tick = core.clock.now();
     // Whether due jobs may be waiting: true until a claim comes back short, and again after
     // new work or a deadline.
     let mut more_due = true;
     while !shutdown.is_cancelled() {
+        while running.try_join_next().is_some() {}
         let now = core.clock.now();
         if now >= next_reap {
             match core.store.reap_expired_leases(now).await {
@@ -150,7 +152,7 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken, grace: Duration) 
                     break;
                 };
                 let (core, finished) = (Arc::clone(&core), Arc::clone(&finished));
-                tracker.spawn(async move {
+                running.spawn(async move {
                     run_job(&core, &job).await;
                     drop(permit);
                     finished.notify_one();
@@ -188,11 +190,34 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken, grace: Duration) 
             _ = shutdown.cancelled() => {}
         }
     }
-    tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(
-            "shutdown grace period over with jobs still running; their leases will expire"
-        );
+    finish_in_flight(&core, running).await;
+}
+
+/// Lets the running jobs finish within the grace period, then cancels the rest and hands
+/// their jobs back to the queue. A cancelled send is safe to hand back: its message row says
+/// `sending`, so whoever runs the job next records it as `unknown` instead of sending again.
+async fn finish_in_flight(core: &Core, mut running: JoinSet<()>) {
+    let in_flight = running.len();
+    let all_done = async { while running.join_next().await.is_some() {} };
+    if tokio::time::timeout(core.shutdown_grace, all_done)
+        .await
+        .is_ok()
+    {
+        tracing::info!(in_flight, "in-flight jobs finished");
+        return;
+    }
+    running.abort_all();
+    while running.join_next().await.is_some() {}
+    match core
+        .store
+        .release_leases(&core.worker_id, core.clock.now())
+        .await
+    {
+        Ok(released) => tracing::warn!(
+            released,
+            "shutdown grace period over: cancelled the jobs still running and released their leases"
+        ),
+        Err(e) => tracing::error!(error = %e, "releasing leases failed; they will expire"),
     }
 }
 

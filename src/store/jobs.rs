@@ -266,6 +266,27 @@ impl Store {
         Ok((requeued, dead))
     }
 
+    /// Hands the jobs `worker` still holds back to the queue, due at once, without counting
+    /// the interrupted attempt. Answers how many.
+    pub async fn release_leases(&self, worker: &str, now: DateTime<Utc>) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let released = on_conn!(&mut tx, c => {
+            sqlx::query(
+                "UPDATE jobs SET status = 'queued', locked_by = NULL, locked_until = NULL,
+                   attempts = attempts - 1, last_error = 'released at shutdown',
+                   updated_at = $2
+                 WHERE status = 'running' AND locked_by = $1",
+            )
+            .bind(worker)
+            .bind(now)
+            .execute(c)
+            .await?
+            .rows_affected()
+        });
+        tx.commit().await?;
+        Ok(released)
+    }
+
     /// When the scheduler next has something to do, in one statement: the earliest queued
     /// job's `run_at` or lease expiry, and the earliest time-trigger or segment-due instant.
     pub async fn next_due(&self) -> Result<NextDue> {

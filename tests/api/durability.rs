@@ -99,6 +99,34 @@ async fn crash_between_transport_and_receipt_gives_unknown(db: Db) {
 }
 both_backends!(crash_between_transport_and_receipt_gives_unknown);
 
+async fn stopping_releases_the_leases_of_cancelled_sends(db: Db) {
+    let options = Options {
+        role: Role::All,
+        examples: true,
+        // No grace: the hung send below is cancelled as soon as the stop is requested.
+        env: vec![("HERALD_WORKERS__SHUTDOWN_GRACE".to_owned(), "0s".to_owned())],
+    };
+    let mut app = TestApp::spawn_with(db, options, |_| {}).await;
+    app.contact("c-1", "ana@example.com", json!({})).await;
+    app.smtp.hang_after_data(1);
+    app.event("c-1", "signed_up", json!({})).await;
+    // The background worker is waiting for the receipt when the stop (SIGTERM) comes.
+    app.smtp
+        .wait_for(1, std::time::Duration::from_secs(10))
+        .await;
+    app.stop().await;
+    let app = app.restart().await;
+    // Without moving the clock past the 60 s lease: the released job is due at once, finds
+    // its message handed over without a receipt, and records it as unknown instead of
+    // sending it again.
+    assert!(app.run_due().await >= 1, "the released job runs at once");
+    let stored = app.messages_of("c-1").await;
+    assert_eq!(stored[0]["status"], "unknown", "{stored:?}");
+    assert_eq!(app.smtp.messages().len(), 1, "nothing sent twice");
+    app.finish().await;
+}
+both_backends!(stopping_releases_the_leases_of_cancelled_sends);
+
 async fn transient_failures_retry_with_backoff_then_die_visibly(db: Db) {
     let app = TestApp::spawn(db).await;
     app.contact("c-1", "ana@example.com", json!({})).await;
