@@ -105,6 +105,23 @@ impl Application {
     /// finish (bounded), and closes connections.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let core = Arc::clone(&self.core);
+        // Cross-node wake-ups (PostgreSQL): every node announces the work it queues; nodes
+        // with workers listen. They stop after the workers, before the store closes.
+        let stop_wake = CancellationToken::new();
+        let mut wake_tasks = Vec::new();
+        if core.store.backend() == crate::store::Backend::Postgres {
+            use crate::scheduler::wake;
+            wake_tasks.push(tokio::spawn(wake::announce(
+                Arc::clone(&core),
+                stop_wake.clone(),
+            )));
+            if self.role != Role::Api {
+                wake_tasks.push(tokio::spawn(wake::listen(
+                    Arc::clone(&core),
+                    stop_wake.clone(),
+                )));
+            }
+        }
         let workers = (self.role != Role::Api)
             .then(|| tokio::spawn(crate::scheduler::run(Arc::clone(&core), shutdown.clone())));
         if let Some(listener) = self.listener {
@@ -126,6 +143,10 @@ impl Application {
         }
         if let Some(w) = workers {
             let _ = w.await;
+        }
+        stop_wake.cancel();
+        for task in wake_tasks {
+            let _ = task.await;
         }
         core.shutdown().await;
         Ok(())

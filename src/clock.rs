@@ -69,6 +69,12 @@ impl ManualClock {
         self.ticks.send_replace(to);
     }
 
+    /// How many tasks are sleeping on this clock right now — lets a test wait until a worker
+    /// is idle before checking what wakes it.
+    pub fn sleepers(&self) -> usize {
+        self.ticks.receiver_count()
+    }
+
     async fn sleep_until(&self, deadline: DateTime<Utc>) {
         let mut rx = self.ticks.subscribe();
         // `wait_for` checks the current value first, so a deadline already passed returns at once.

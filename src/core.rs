@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chrono::TimeDelta;
-use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::config::{Settings, TransportKind, TransportSettings};
@@ -66,7 +65,7 @@ pub struct Core {
     /// Journey steps and send receipts that workers reach together commit in one
     /// transaction.
     pub group: crate::store::GroupCommit<Core>,
-    wake: Notify,
+    pub(crate) waker: crate::scheduler::wake::Waker,
 }
 
 impl Core {
@@ -123,17 +122,17 @@ impl Core {
             shutdown_grace,
             hits: Default::default(),
             group: Default::default(),
-            wake: Notify::new(),
+            waker: Default::default(),
         })
     }
 
     /// Tells the scheduler that new or sooner work exists.
     pub fn wake_scheduler(&self) {
-        self.wake.notify_one();
+        self.waker.wake();
     }
 
     pub(crate) async fn woken(&self) {
-        self.wake.notified().await;
+        self.waker.woken().await;
     }
 
     /// The one-click unsubscribe link for a contact, tied to the message that carried it.

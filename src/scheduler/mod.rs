@@ -17,6 +17,7 @@ use crate::store::{Job, Result, Tx, earliest};
 use crate::workflow::engine::{Outcome, run_journey_job};
 
 mod ticks;
+pub mod wake;
 pub use ticks::{SCHEDULE_FIRE_JOB, reschedule_contact, run_paging_batch, sync_definitions, tick};
 
 const BACKOFF_BASE: TimeDelta = TimeDelta::seconds(10);

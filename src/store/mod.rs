@@ -10,6 +10,7 @@ mod jobs;
 mod journeys;
 mod messages;
 pub mod models;
+mod notify;
 mod segments;
 mod triggers;
 
@@ -23,6 +24,7 @@ use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 pub use group::{GroupCommit, TxFuture};
 pub use jobs::{NextDue, earliest};
 pub use models::*;
+pub use notify::WorkListener;
 pub use segments::{FactRead, FactRow};
 
 #[derive(Debug, thiserror::Error)]

@@ -187,8 +187,8 @@ async fn hard_bounce_suppresses_the_address(db: Db) {
 }
 both_backends!(hard_bounce_suppresses_the_address);
 
-const RECEIPT_WORKFLOW: &str = "name: receipt\ncategory: transactional\ntrigger:\n  event: order_placed\nsteps:\n  - send: receipt\n";
-const RECEIPT_TEMPLATE: &str = "---\nsubject: \"Order {{event.properties.order_id}}\"\nsample: { event: { properties: { order_id: 7 } } }\n---\n<p>Thanks!</p>\n";
+pub const RECEIPT_WORKFLOW: &str = "name: receipt\ncategory: transactional\ntrigger:\n  event: order_placed\nsteps:\n  - send: receipt\n";
+pub const RECEIPT_TEMPLATE: &str = "---\nsubject: \"Order {{event.properties.order_id}}\"\nsample: { event: { properties: { order_id: 7 } } }\n---\n<p>Thanks!</p>\n";
 
 async fn two_workers_never_send_twice(db: Db) {
     const JOURNEYS: usize = 500;

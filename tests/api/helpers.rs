@@ -23,6 +23,24 @@ pub enum Db {
     Postgres,
 }
 
+/// Runs an async test body against PostgreSQL (several nodes sharing one database); skipped
+/// when `HERALD_TEST_POSTGRES_URL` is not set.
+#[macro_export]
+macro_rules! postgres_only {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if std::env::var("HERALD_TEST_POSTGRES_URL").is_err() {
+                    eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+                    return;
+                }
+                super::$name().await;
+            }
+        }
+    };
+}
+
 /// Runs an async test body once per backend; PostgreSQL only when `HERALD_TEST_POSTGRES_URL` is set.
 #[macro_export]
 macro_rules! both_backends {

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod api;
+mod cluster;
 mod durability;
 mod feedback;
 mod journeys;

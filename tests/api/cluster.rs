@@ -1,0 +1,87 @@
+//! Several nodes on one PostgreSQL: work announced by one node wakes idle workers on another.
+
+use herald::app::{Application, Role};
+use herald::clock::Clock;
+use herald::config::Settings;
+use serde_json::json;
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::durability::{RECEIPT_TEMPLATE, RECEIPT_WORKFLOW};
+use crate::helpers::{Db, Options, TestApp, write};
+use crate::postgres_only;
+
+async fn an_idle_worker_on_another_node_wakes_on_announced_work() {
+    let options = Options {
+        role: Role::Api,
+        examples: false,
+        env: Vec::new(),
+    };
+    let api = TestApp::spawn_with(Db::Postgres, options, |dir| {
+        write(dir, "workflows/receipt.yaml", RECEIPT_WORKFLOW);
+        write(dir, "templates/receipt.hbs", RECEIPT_TEMPLATE);
+    })
+    .await;
+    // A worker-only node that would poll once an hour, on a manual clock that never moves:
+    // only an announcement can make it look for work.
+    let mut env = api.env.clone();
+    env.push(("HERALD_WORKERS__POLL_INTERVAL".to_owned(), "1h".to_owned()));
+    let settings = Settings::load_with_env(api.dir.path(), None, &env).expect("settings");
+    let worker = Application::build(
+        settings,
+        api.dir.path(),
+        Clock::Manual(api.clock.clone()),
+        Role::Worker,
+    )
+    .await
+    .expect("worker node");
+    let stop_worker = CancellationToken::new();
+    let worker = tokio::spawn(worker.run(stop_worker.clone()));
+
+    // Wait until the worker node has done its startup work and sleeps on the clock, so what
+    // wakes it below can only be the announcement.
+    let mut idle_since = std::time::Instant::now();
+    let deadline = idle_since + std::time::Duration::from_secs(10);
+    while idle_since.elapsed() < std::time::Duration::from_millis(300) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker node never idled"
+        );
+        if api.clock.sleepers() == 0 {
+            idle_since = std::time::Instant::now();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    let db_url = api.env.iter().find(|(k, _)| k == "HERALD_DATABASE__URL");
+    let mut watcher = PgListener::connect(&db_url.expect("database url").1)
+        .await
+        .expect("listener");
+    watcher.listen("herald_work").await.expect("listen");
+
+    api.contact("c-1", "ana@example.com", json!({})).await;
+    api.event("c-1", "order_placed", json!({"order_id": 1}))
+        .await;
+    // The API node announced the journey it queued, naming itself…
+    let announcement = tokio::time::timeout(std::time::Duration::from_secs(10), watcher.recv())
+        .await
+        .expect("an announcement within 10 s")
+        .expect("notification");
+    assert_eq!(announcement.payload(), api.core.worker_id);
+    // …and the idle worker node sent the receipt.
+    let mail = api
+        .smtp
+        .wait_for(1, std::time::Duration::from_secs(10))
+        .await;
+    assert_eq!(mail.len(), 1, "the worker node woke up and sent");
+    // A graceful stop lets the send record its receipt.
+    stop_worker.cancel();
+    worker
+        .await
+        .expect("worker node task")
+        .expect("worker node stops");
+    let stored = api.messages_of("c-1").await;
+    assert_eq!(stored[0]["status"], "sent", "{stored:?}");
+    api.finish().await;
+}
+postgres_only!(an_idle_worker_on_another_node_wakes_on_announced_work);
