@@ -77,7 +77,7 @@ impl Core {
         project: Project,
         dir: &Path,
     ) -> Result<Core, BuildError> {
-        let transports = build_transports(&settings, dir, &clock)?;
+        let transports = build_transports(&settings, dir, &clock, Some(&store))?;
         let secret = match &settings.tracking.secret {
             Some(s) => s.clone(),
             None => {
@@ -154,11 +154,13 @@ impl Core {
     }
 }
 
-/// Builds every configured transport and the routes through them.
+/// Builds every configured transport and the routes through them; with a `store`, rate
+/// limits are shared with the other nodes on it.
 pub fn build_transports(
     settings: &Settings,
     dir: &Path,
     clock: &Clock,
+    store: Option<&Store>,
 ) -> Result<Router, BuildError> {
     let dkim = settings
         .dkim
@@ -174,7 +176,10 @@ pub fn build_transports(
         let transport = build_transport(name, t, dir, clock, dkim.clone())?;
         entries.push(RouteEntry {
             transport,
-            limiter: Limiter::new(t.rate, t.concurrency),
+            limiter: match store {
+                Some(store) => Limiter::new(t.rate, t.concurrency).shared(store, name),
+                None => Limiter::new(t.rate, t.concurrency),
+            },
             fallback: t.fallback.clone(),
         });
     }

@@ -11,7 +11,7 @@ pub fn run(dir: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(dir, config)?;
     // Builds (without connecting) every transport, so a bad DKIM key or provider setting fails
     // here rather than at `serve`.
-    crate::core::build_transports(&settings, dir, &crate::clock::Clock::System)?;
+    crate::core::build_transports(&settings, dir, &crate::clock::Clock::System, None)?;
     let transports: Vec<String> = settings.transports.keys().cloned().collect();
     match crate::project::load(dir, &transports) {
         Ok(project) => {

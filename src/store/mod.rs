@@ -11,6 +11,7 @@ mod journeys;
 mod messages;
 pub mod models;
 mod notify;
+mod pace;
 mod segments;
 mod triggers;
 

@@ -8,9 +8,10 @@
 //! arrived. Time comes from the injected [`Clock`], so tests count sends per second with a
 //! manual clock.
 //!
-//! The limits hold per process. Several Herald nodes sharing a database each apply them
-//! separately, so to stay under a provider's account-wide limit give each of N nodes
-//! `rate = limit / N` (and likewise `concurrency`).
+//! On PostgreSQL the rate holds across nodes: the timeline is one row per transport in the
+//! database ([`Store::reserve_send_slot`]), so N nodes together start at most `rate` sends a
+//! second. `concurrency` bounds one process's requests in flight (it protects that process
+//! and its connections); with N nodes a provider sees up to N times it.
 
 use std::sync::{Mutex, PoisonError};
 
@@ -18,6 +19,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::clock::Clock;
+use crate::store::Store;
 
 /// Waits for the turn of each send on one transport.
 #[derive(Debug)]
@@ -33,11 +35,21 @@ pub struct Permit<'a> {
     _slot: Option<SemaphorePermit<'a>>,
 }
 
-#[derive(Debug)]
 struct Pacer {
     interval: TimeDelta,
-    /// The earliest instant the next send may start.
+    /// The earliest instant the next send may start, on this node's own timeline.
     next_slot: Mutex<Option<DateTime<Utc>>>,
+    /// The cluster-wide timeline (a PostgreSQL store and the transport's name), when shared.
+    shared: Option<(Store, String)>,
+}
+
+impl std::fmt::Debug for Pacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pacer")
+            .field("interval", &self.interval)
+            .field("shared", &self.shared.as_ref().map(|(_, name)| name))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Limiter {
@@ -50,12 +62,24 @@ impl Limiter {
             Pacer {
                 interval: TimeDelta::microseconds(micros),
                 next_slot: Mutex::new(None),
+                shared: None,
             }
         });
         Limiter {
             pacer,
             permits: concurrency.map(|n| Semaphore::new(n.max(1))),
         }
+    }
+
+    /// Shares the rate with every node on `store` when it is PostgreSQL, under the transport's
+    /// `name`; on SQLite (one node) the limiter stays in memory.
+    pub fn shared(mut self, store: &Store, name: &str) -> Limiter {
+        if let Some(pacer) = &mut self.pacer
+            && store.backend() == crate::store::Backend::Postgres
+        {
+            pacer.shared = Some((store.clone(), name.to_owned()));
+        }
+        self
     }
 
     /// A limiter that never waits.
@@ -73,7 +97,7 @@ impl Limiter {
             None => None,
         };
         if let Some(pacer) = &self.pacer {
-            let start = pacer.reserve(clock.now());
+            let start = pacer.reserve_slot(clock.now()).await;
             if start > clock.now() {
                 clock.sleep_until(start).await;
             }
@@ -83,7 +107,24 @@ impl Limiter {
 }
 
 impl Pacer {
-    /// Reserves the next free slot at or after `now` and returns when it starts.
+    /// Reserves the next free slot at or after `now` on the shared timeline when there is
+    /// one, else on this node's, and returns when it starts.
+    async fn reserve_slot(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        if let Some((store, name)) = &self.shared {
+            match store.reserve_send_slot(name, now, self.interval).await {
+                Ok(Some(start)) => return start,
+                Ok(None) => {}
+                // The database is what the send needs next anyway; pacing alone meanwhile
+                // keeps this node within the rate.
+                Err(e) => tracing::warn!(transport = %name, error = %e,
+                    "cannot reserve a shared send slot; pacing this node alone"),
+            }
+        }
+        self.reserve(now)
+    }
+
+    /// Reserves the next free slot at or after `now` on this node's timeline and returns
+    /// when it starts.
     fn reserve(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         let mut next = self
             .next_slot

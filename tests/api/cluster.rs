@@ -1,14 +1,21 @@
-//! Several nodes on one PostgreSQL: work announced by one node wakes idle workers on another.
+//! Several nodes on one PostgreSQL: work announced by one node wakes idle workers on another,
+//! and a transport's rate limit holds for all nodes together.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chrono::TimeDelta;
 use herald::app::{Application, Role};
-use herald::clock::Clock;
+use herald::clock::{Clock, ManualClock};
 use herald::config::Settings;
+use herald::store::Store;
+use herald::transport::limit::Limiter;
 use serde_json::json;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::durability::{RECEIPT_TEMPLATE, RECEIPT_WORKFLOW};
-use crate::helpers::{Db, Options, TestApp, write};
+use crate::helpers::{Db, Options, TestApp, TestDb, start_time, write};
 use crate::postgres_only;
 
 async fn an_idle_worker_on_another_node_wakes_on_announced_work() {
@@ -85,3 +92,57 @@ async fn an_idle_worker_on_another_node_wakes_on_announced_work() {
     api.finish().await;
 }
 postgres_only!(an_idle_worker_on_another_node_wakes_on_announced_work);
+
+async fn a_transport_rate_holds_across_nodes() {
+    const SENDS_PER_NODE: usize = 10;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDb::create(Db::Postgres, dir.path()).await;
+    let clock = ManualClock::new(start_time());
+    // Two nodes: each its own pool and its own limiter for the transport, 5 sends a second.
+    let mut limiters = Vec::new();
+    for _ in 0..2 {
+        let store = Store::connect(&db.url, 4).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        limiters.push(Arc::new(
+            Limiter::new(Some(5.0), None).shared(&store, "smtp"),
+        ));
+    }
+    let started = Arc::new(AtomicUsize::new(0));
+    let total = 2 * SENDS_PER_NODE;
+    for limiter in &limiters {
+        for _ in 0..SENDS_PER_NODE {
+            let (limiter, started, clock) = (limiter.clone(), started.clone(), clock.clone());
+            tokio::spawn(async move {
+                let _permit = limiter.acquire(&Clock::Manual(clock)).await;
+                started.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    }
+    // Waits until at least `n` sends started, then a moment more for any that should not
+    // have, and answers how many did.
+    let started_by = |n: usize| {
+        let started = Arc::clone(&started);
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while started.load(Ordering::SeqCst) < n {
+                assert!(std::time::Instant::now() < deadline, "sends never started");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            started.load(Ordering::SeqCst)
+        }
+    };
+    // One slot every 200 ms for both nodes together: at 0 ms one send, at 200 ms two, …
+    // (pacing per node would start two at once).
+    for step in 0..total {
+        assert_eq!(
+            started_by(step + 1).await,
+            step + 1,
+            "sends started by {} ms",
+            step * 200
+        );
+        clock.advance(TimeDelta::milliseconds(200));
+    }
+    db.drop_db().await;
+}
+postgres_only!(a_transport_rate_holds_across_nodes);
