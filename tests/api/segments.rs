@@ -327,3 +327,60 @@ async fn rfm_scores_follow_the_hand_computed_fixture(db: Db) {
     app.finish().await;
 }
 both_backends!(rfm_scores_follow_the_hand_computed_fixture);
+
+/// Two nodes sweeping at the same instant: each contact whose window ran out leaves the
+/// segment once, with one `segment_exited` event.
+async fn two_nodes_sweep_each_contact_once(db: Db) {
+    const CONTACTS: usize = 150;
+    let app = app(db).await;
+    app.run_due().await;
+    let contacts: Vec<_> = (0..CONTACTS)
+        .map(|i| json!({"id": format!("c-{i:03}"), "email": format!("u{i}@example.com")}))
+        .collect();
+    let (status, body) = app
+        .post("/v1/contacts/batch", json!({"contacts": contacts}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let events: Vec<_> = (0..CONTACTS)
+        .map(|i| {
+            json!({"contact_id": format!("c-{i:03}"), "name": "cart_updated",
+                        "properties": {"cart_id": format!("k{i}"), "item_count": 1}})
+        })
+        .collect();
+    let (status, body) = app
+        .post("/v1/events/batch", json!({"events": events}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    app.run_due().await;
+    assert_eq!(size_of(&app, "cart-abandoners").await, CONTACTS as i64);
+    let settings =
+        herald::config::Settings::load_with_env(app.dir.path(), None, &app.env).expect("settings");
+    let other = herald::app::Application::build(
+        settings,
+        app.dir.path(),
+        herald::clock::Clock::Manual(app.clock.clone()),
+        herald::app::Role::Worker,
+    )
+    .await
+    .expect("second node");
+    app.clock
+        .advance(TimeDelta::days(7) + TimeDelta::seconds(1));
+    let (a, b) = tokio::join!(
+        herald::scheduler::run_due(&app.core),
+        herald::scheduler::run_due(&other.core)
+    );
+    a.expect("node a");
+    b.expect("node b");
+    assert_eq!(size_of(&app, "cart-abandoners").await, 0);
+    for i in 0..CONTACTS {
+        let exits = membership_events(&app, &format!("c-{i:03}"))
+            .await
+            .into_iter()
+            .filter(|e| e.ends_with("segment_exited cart-abandoners"))
+            .count();
+        assert_eq!(exits, 1, "contact c-{i:03}");
+    }
+    other.core.shutdown().await;
+    app.finish().await;
+}
+both_backends!(two_nodes_sweep_each_contact_once);
