@@ -2,6 +2,8 @@
 //! `feedback` in one transaction with the replay check, so a forged request stores nothing and
 //! a retried one changes nothing.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -53,38 +55,47 @@ pub async fn receive(
         )
         .await
         .map_err(|e| webhook_error(&e))?;
-    let mut tx = core.store.write().await?;
-    if let Some(key) = &parsed.replay_key
-        && !tx
-            .remember_replay_key(&key.key, key.expires_at, now)
-            .await?
-    {
-        tx.rollback().await?;
+    // The replay check and the events share a write transaction, and webhooks arriving
+    // together share one (group commit on SQLite): a burst of batches pays for one commit and
+    // writes each index page it touches once.
+    let replay = Arc::new(parsed.replay_key);
+    let reports: Arc<[Report]> = match &parsed.outcome {
+        Outcome::Events(events) => events.iter().map(Report::from).collect(),
+        _ => Arc::from([]),
+    };
+    let recorded = core
+        .group
+        .run(&core, &core.store, move |core, tx| {
+            let (replay, reports) = (Arc::clone(&replay), Arc::clone(&reports));
+            Box::pin(async move {
+                if let Some(key) = replay.as_ref()
+                    && !tx
+                        .remember_replay_key(&key.key, key.expires_at, now)
+                        .await?
+                {
+                    return Ok(None);
+                }
+                record_batch(tx, core, &reports, now).await.map(Some)
+            })
+        })
+        .await?;
+    let Some(tally) = recorded else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "replay",
             "this webhook token was already used",
         ));
-    }
+    };
     match parsed.outcome {
-        Outcome::Events(events) => {
-            let reports: Vec<Report> = events.iter().map(Report::from).collect();
-            let tally = record_batch(&mut tx, &core, &reports, now).await?;
-            tx.commit().await?;
-            Ok(
-                Json(json!({ "stored": tally.stored, "duplicates": tally.duplicates }))
-                    .into_response(),
-            )
-        }
-        Outcome::Ignored => {
-            tx.commit().await?;
-            Ok(Json(json!({ "stored": 0, "ignored": true })).into_response())
-        }
+        Outcome::Events(_) => Ok(Json(
+            json!({ "stored": tally.stored, "duplicates": tally.duplicates }),
+        )
+        .into_response()),
+        Outcome::Ignored => Ok(Json(json!({ "stored": 0, "ignored": true })).into_response()),
         Outcome::SubscriptionConfirmation {
             subscribe_url,
             topic_arn,
         } => {
-            tx.commit().await?;
             confirm_subscription(&subscribe_url).await.map_err(|e| {
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
