@@ -10,6 +10,8 @@
 //! Runs when `HERALD_TEST_POSTGRES_URL` is set; without it, it is skipped locally and fails
 //! under `CI`, which always sets it.
 
+#[path = "support/scratch_postgres.rs"]
+mod scratch_postgres;
 #[path = "support/smtp_server.rs"]
 mod smtp_server;
 
@@ -17,12 +19,12 @@ use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use scratch_postgres::ScratchDb;
 use serde_json::{Value, json};
 use smtp_server::SmtpServer;
-use sqlx::{Connection, PgPool};
+use sqlx::PgPool;
 
 const JOURNEYS: usize = 5_000;
 /// Each journey sends two messages.
@@ -34,7 +36,8 @@ const BATCH: usize = 250;
 const CONCURRENCY: usize = 16;
 /// Node 2 is killed once the sink has this many messages, so it dies mid-stream.
 const KILL_AT: usize = MESSAGES * 3 / 10;
-/// Upper bound for each wait; only reached when something is broken.
+/// Bound on the run from the start of ingestion to the end of all work; only reached when
+/// something is broken.
 const PATIENCE: Duration = Duration::from_secs(300);
 const POLL: Duration = Duration::from_millis(200);
 
@@ -84,26 +87,11 @@ async fn a_killed_node_loses_nothing_and_sends_nothing_twice() {
     let Some(admin) = postgres_url() else {
         return;
     };
-    let name = format!("herald_test_{}", uuid::Uuid::now_v7().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("connect to PostgreSQL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create the test database");
-    let (server, _) = admin.rsplit_once('/').expect("database url has a path");
-    let url = format!("{server}/{name}");
+    let db = ScratchDb::create(&admin).await;
     // The body runs in its own task so that a failed assertion still gets here and drops the
     // database (the nodes' guards kill the processes as the panic unwinds).
-    let outcome = tokio::spawn(chaos(url)).await;
-    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-    if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(drop))
-        .execute(&mut conn)
-        .await
-    {
-        eprintln!("warning: cannot drop {name}: {e}");
-    }
+    let outcome = tokio::spawn(chaos(db.url.clone())).await;
+    db.drop_db().await;
     if let Err(e) = outcome {
         match e.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
@@ -113,7 +101,7 @@ async fn a_killed_node_loses_nothing_and_sends_nothing_twice() {
 }
 
 async fn chaos(database_url: String) {
-    let smtp = Arc::new(SmtpServer::start().await);
+    let smtp = SmtpServer::start().await;
     let project = tempfile::tempdir().expect("tempdir");
     write_project(project.path(), &database_url, &smtp.url());
     let http = reqwest::Client::builder()
@@ -136,17 +124,12 @@ async fn chaos(database_url: String) {
     let ingest = tokio::spawn(ingest(http.clone(), bases));
 
     let deadline = Instant::now() + PATIENCE;
-    while smtp.received() < KILL_AT {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {MESSAGES} messages reached the sink in {} s\n{}",
-            smtp.received(),
-            PATIENCE.as_secs(),
-            logs(&mut nodes)
-        );
-        check_alive(&mut nodes);
-        tokio::time::sleep(POLL).await;
-    }
+    let sink = &smtp;
+    wait_until(&mut nodes, deadline, || async move {
+        let n = sink.received();
+        (n < KILL_AT).then(|| format!("only {n} of {MESSAGES} messages reached the sink"))
+    })
+    .await;
     let at_kill = smtp.received();
     let killed_at = started.elapsed();
     nodes[1].kill();
@@ -167,34 +150,26 @@ async fn chaos(database_url: String) {
     nodes[1].restart();
     nodes[1].wait_healthy(&http).await;
 
-    let ingested = loop {
-        if ingest.is_finished() {
-            break ingest.await.expect("the ingestion task panicked");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ingestion did not finish\n{}",
-            logs(&mut nodes)
-        );
-        tokio::time::sleep(POLL).await;
-    };
+    let running = &ingest;
+    wait_until(&mut nodes, deadline, || async move {
+        (!running.is_finished()).then(|| "ingestion did not finish".to_owned())
+    })
+    .await;
+    let ingested = ingest.await.expect("the ingestion task panicked");
     let ingested_at = ingested.finished.duration_since(started);
-    loop {
-        let (journeys, active, open) = progress(&db).await;
-        if journeys == JOURNEYS as i64 && active == 0 && open == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "work still open after {} s: {journeys} journeys, {active} active, {open} open jobs, \
-             {} messages at the sink\n{}",
-            PATIENCE.as_secs(),
-            smtp.received(),
-            logs(&mut nodes)
-        );
-        check_alive(&mut nodes);
-        tokio::time::sleep(POLL).await;
-    }
+    let pool = &db;
+    wait_until(&mut nodes, deadline, || async move {
+        let (journeys, active, open) = progress(pool).await;
+        let done = journeys == JOURNEYS as i64 && active == 0 && open == 0;
+        (!done).then(|| {
+            format!(
+                "work still open: {journeys} journeys, {active} active, {open} open jobs, \
+                 {} messages at the sink",
+                sink.received()
+            )
+        })
+    })
+    .await;
     let quiet_at = started.elapsed();
 
     for node in &mut nodes {
@@ -393,6 +368,25 @@ fn check_alive(nodes: &mut [Node]) {
     }
 }
 
+/// Polls `pending` until it answers `None`; fails the test with its last answer and the nodes'
+/// logs at `deadline`, or at once when a node that nobody killed has exited.
+async fn wait_until<F, Fut>(nodes: &mut [Node], deadline: Instant, mut pending: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<String>>,
+{
+    while let Some(state) = pending().await {
+        assert!(
+            Instant::now() < deadline,
+            "{state} after {} s\n{}",
+            PATIENCE.as_secs(),
+            logs(nodes)
+        );
+        check_alive(nodes);
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -400,7 +394,7 @@ fn tail(log: &Path) -> String {
     format!("--- {} ---\n{}", log.display(), lines[start..].join("\n"))
 }
 
-fn logs(nodes: &mut [Node]) -> String {
+fn logs(nodes: &[Node]) -> String {
     nodes
         .iter()
         .map(|n| tail(&n.log))
