@@ -34,6 +34,8 @@ const BATCH: usize = 250;
 /// `workers.concurrency` of every node: the most sends a node can have in flight, hence the
 /// most messages a SIGKILL can leave with an unknown fate.
 const CONCURRENCY: usize = 16;
+/// `workers.lease`: short, so the killed node's jobs come back within seconds.
+const LEASE: &str = "3s";
 /// Node 2 is killed once the sink has this many messages, so it dies mid-stream.
 const KILL_AT: usize = MESSAGES * 3 / 10;
 /// Bound on the run from the start of ingestion to the end of all work; only reached when
@@ -182,7 +184,7 @@ async fn chaos(database_url: String) {
         "cluster chaos: {JOURNEYS} journeys, {} batch requests ({} retried on another node), \
          ingested by {:.1} s; node 2 killed at {:.1} s with {at_kill} messages at the sink and \
          {} in `sending` cluster-wide; all work done at {:.1} s: {} sent, {} unknown, {} arrived \
-         at the sink, none twice",
+         at the sink, none twice; slowest send {:.2} s (lease {LEASE})",
         ingested.requests,
         ingested.retried,
         ingested_at.as_secs_f64(),
@@ -192,6 +194,7 @@ async fn chaos(database_url: String) {
         report.sent,
         report.unknown,
         report.arrived,
+        report.slowest,
     );
 }
 
@@ -217,8 +220,7 @@ fn write_project(dir: &Path, database_url: &str, smtp_url: &str) {
                  \n\
                  [workers]\n\
                  concurrency = {CONCURRENCY}\n\
-                 # Short, so the killed node's jobs come back within seconds.\n\
-                 lease = \"3s\"\n\
+                 lease = \"{LEASE}\"\n\
                  poll_interval = \"1s\"\n"
             ),
         ),
@@ -508,6 +510,9 @@ struct Report {
     sent: usize,
     unknown: usize,
     arrived: usize,
+    /// The longest time from a message row's creation to its receipt: how close a send came
+    /// to the lease (nothing renews a journey job's lease while it sends).
+    slowest: f64,
 }
 
 /// Compares the sink with the database and asserts the cluster's guarantees.
@@ -584,9 +589,17 @@ async fn check(db: &PgPool, smtp: &SmtpServer, sending: &HashSet<String>) -> Rep
         unknown <= CONCURRENCY,
         "{unknown} messages of unknown fate; the killed node had at most {CONCURRENCY} in flight"
     );
+    let (slowest,): (Option<f64>,) = sqlx::query_as(
+        "SELECT EXTRACT(EPOCH FROM MAX(updated_at - created_at))::float8 FROM messages
+          WHERE status = 'sent'",
+    )
+    .fetch_one(db)
+    .await
+    .expect("slowest send");
     Report {
         sent,
         unknown,
         arrived: received.len(),
+        slowest: slowest.unwrap_or_default(),
     }
 }
