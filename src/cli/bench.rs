@@ -42,6 +42,9 @@ enum What {
     /// A synthetic store (contacts, two years of events) with the example segments: full
     /// recompute, incremental cost per event, hourly sweeps, peak RSS.
     Segments(super::bench_segments::Args),
+    /// 1, 2, 3… `herald serve --role worker` processes on one PostgreSQL draining the same
+    /// queue of journeys into an SMTP sink on loopback: messages/s per node count.
+    Cluster(super::bench_cluster::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -70,23 +73,23 @@ struct SendArgs {
     timeout: u64,
 }
 
-const WORKFLOW: &str = "name: bench\n\
+pub(super) const WORKFLOW: &str = "name: bench\n\
 category: transactional\n\
 trigger:\n  event: bench_ping\n\
 steps:\n  - send: bench\n";
 
-const TEMPLATE: &str = "---\n\
+pub(super) const TEMPLATE: &str = "---\n\
 subject: 'Benchmark message for {{contact.first_name}}'\n\
 sample: { contact: { first_name: Ada } }\n\
 ---\n\
 <h1>Hello {{contact.first_name}}</h1>\n\
-<p>This message was sent by <code>herald bench send</code> to a local SMTP sink.</p>\n\
+<p>This message was sent by <code>herald bench</code> to a local SMTP sink.</p>\n\
 <p>Nothing to do here: it is one of many identical messages.</p>\n";
 
 /// Contacts per `/v1/contacts/batch` request while setting up.
-const CONTACT_CHUNK: usize = 1000;
+pub(super) const CONTACT_CHUNK: usize = 1000;
 /// How often the database is asked how many messages are sent.
-const POLL: Duration = Duration::from_millis(20);
+pub(super) const POLL: Duration = Duration::from_millis(20);
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.what {
@@ -95,6 +98,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         What::Transport(a) => super::bench_transport::run(a).await,
         What::Webhooks(a) => super::bench_feedback::run(a).await,
         What::Segments(a) => super::bench_segments::run(a).await,
+        What::Cluster(a) => super::bench_cluster::run(a).await,
     }
 }
 
@@ -118,22 +122,7 @@ async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.database.clone()
     };
-    let env: Vec<(String, String)> = [
-        ("HERALD_DATABASE__URL", database_url),
-        ("HERALD_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
-        ("HERALD_SENDING__TRANSPORT", "bench".to_owned()),
-        ("HERALD_TRANSPORTS__BENCH__KIND", "smtp".to_owned()),
-        (
-            "HERALD_TRANSPORTS__BENCH__URL",
-            format!("smtp://{smtp}?tls=none"),
-        ),
-        ("HERALD_TRANSPORTS__BENCH__POOL", args.pool.to_string()),
-        ("HERALD_WORKERS__CONCURRENCY", workers.to_string()),
-        ("HERALD_TRACKING__SECRET", format!("bench-{run_id}")),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let env = sending_env(database_url, smtp, args.pool, workers, &run_id);
     let settings = Settings::load_with_env(project.path(), None, &env)?;
     let app = Application::build(settings, project.path(), Clock::System, Role::All)
         .await
@@ -167,6 +156,34 @@ async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
     );
     figures.print();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The settings of a sending bench, as `HERALD_*` variables: the database, an ephemeral
+/// loopback HTTP port, the SMTP sink as the default transport (`bench`, plaintext) with `pool`
+/// connections, `workers` journey steps at once, and a fixed tracking secret.
+pub(super) fn sending_env(
+    database_url: String,
+    smtp: SocketAddr,
+    pool: usize,
+    workers: usize,
+    run_id: &str,
+) -> Vec<(String, String)> {
+    [
+        ("HERALD_DATABASE__URL", database_url),
+        ("HERALD_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
+        ("HERALD_SENDING__TRANSPORT", "bench".to_owned()),
+        ("HERALD_TRANSPORTS__BENCH__KIND", "smtp".to_owned()),
+        (
+            "HERALD_TRANSPORTS__BENCH__URL",
+            format!("smtp://{smtp}?tls=none"),
+        ),
+        ("HERALD_TRANSPORTS__BENCH__POOL", pool.to_string()),
+        ("HERALD_WORKERS__CONCURRENCY", workers.to_string()),
+        ("HERALD_TRACKING__SECRET", format!("bench-{run_id}")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 /// What one run measured.
@@ -410,14 +427,14 @@ async fn post_events(
     Ok((failures, first_error))
 }
 
-struct Counts {
-    sent: i64,
+pub(super) struct Counts {
+    pub(super) sent: i64,
     /// Failed, unknown or suppressed: final states other than `sent`.
-    not_sent: i64,
-    summary: String,
+    pub(super) not_sent: i64,
+    pub(super) summary: String,
 }
 
-async fn status_counts(store: &Store) -> anyhow::Result<Counts> {
+pub(super) async fn status_counts(store: &Store) -> anyhow::Result<Counts> {
     let mut tx = store.read().await?;
     let rows = tx.message_status_counts().await?;
     tx.commit().await?;
@@ -440,7 +457,7 @@ async fn status_counts(store: &Store) -> anyhow::Result<Counts> {
 
 /// Parses `--smtp` and refuses anything but a loopback address: the bench sends thousands of
 /// messages and must never reach a real mail server.
-fn loopback_sink(raw: &str) -> anyhow::Result<SocketAddr> {
+pub(super) fn loopback_sink(raw: &str) -> anyhow::Result<SocketAddr> {
     let addr: SocketAddr = raw.parse().map_err(|_| {
         anyhow!("--smtp `{raw}`: expected IP:PORT on loopback, e.g. 127.0.0.1:2525 or [::1]:2525")
     })?;
@@ -452,7 +469,7 @@ fn loopback_sink(raw: &str) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-fn check_sink(addr: SocketAddr) -> anyhow::Result<()> {
+pub(super) fn check_sink(addr: SocketAddr) -> anyhow::Result<()> {
     TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| {
         anyhow!(
             "no SMTP sink answers on {addr} ({e}); start one, e.g. `smtp-sink -c {addr} 1000 &` \

@@ -1,6 +1,7 @@
 //! Command-line interface: one file per command; `anyhow` context lives here, at the edge.
 
 mod bench;
+mod bench_cluster;
 mod bench_dates;
 mod bench_feedback;
 mod bench_segments;

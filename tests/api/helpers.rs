@@ -10,12 +10,15 @@ use herald::clock::{Clock, ManualClock};
 use herald::config::Settings;
 use herald::core::Core;
 use serde_json::{Value, json};
-use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
 #[path = "../support/smtp_server.rs"]
 pub mod smtp_server;
 pub use smtp_server::SmtpServer;
+
+#[path = "../support/scratch_postgres.rs"]
+mod scratch_postgres;
+use scratch_postgres::ScratchDb;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Db {
@@ -71,7 +74,7 @@ pub fn start_time() -> DateTime<Utc> {
 /// A throwaway database: a file in the test's temp dir, or a fresh PostgreSQL database.
 pub struct TestDb {
     pub url: String,
-    pg_admin: Option<(String, String)>,
+    pg: Option<ScratchDb>,
 }
 
 impl TestDb {
@@ -79,36 +82,23 @@ impl TestDb {
         match db {
             Db::Sqlite => TestDb {
                 url: format!("sqlite://{}", dir.join("herald.db").display()),
-                pg_admin: None,
+                pg: None,
             },
             Db::Postgres => {
                 let admin =
                     std::env::var("HERALD_TEST_POSTGRES_URL").expect("HERALD_TEST_POSTGRES_URL");
-                let name = format!("herald_test_{}", uuid::Uuid::now_v7().simple());
-                let mut conn = sqlx::PgConnection::connect(&admin)
-                    .await
-                    .expect("connect to PostgreSQL");
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut conn)
-                    .await
-                    .expect("create test database");
-                let (base, _) = admin.rsplit_once('/').expect("database url has a path");
+                let pg = ScratchDb::create(&admin).await;
                 TestDb {
-                    url: format!("{base}/{name}"),
-                    pg_admin: Some((admin, name)),
+                    url: pg.url.clone(),
+                    pg: Some(pg),
                 }
             }
         }
     }
 
     pub async fn drop_db(&self) {
-        if let Some((admin, name)) = &self.pg_admin
-            && let Ok(mut conn) = sqlx::PgConnection::connect(admin).await
-        {
-            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-            let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
-                .execute(&mut conn)
-                .await;
+        if let Some(pg) = &self.pg {
+            pg.drop_db().await;
         }
     }
 }

@@ -151,6 +151,12 @@ impl SmtpServer {
         lock(&self.shared.messages).clone()
     }
 
+    /// How many messages were accepted so far, without copying them (a test that polls while
+    /// thousands arrive would otherwise copy them all on every poll).
+    pub fn received(&self) -> usize {
+        lock(&self.shared.messages).len()
+    }
+
     /// Waits until at least `n` messages were accepted or `timeout` passed; returns the messages
     /// accepted by then (the caller asserts on the count).
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<ReceivedMail> {
