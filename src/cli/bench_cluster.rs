@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Map, Value};
-use sqlx::Connection;
 
 use super::bench::{
     CONTACT_CHUNK, POLL, ScratchDir, TEMPLATE, WORKFLOW, check_sink, clock_ticks_per_second,
@@ -83,16 +82,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         // The name is ours (a UUID in hex), so it needs no quoting.
         let name = format!("herald_bench_{run_id}");
         let url = database_on(&args.database, &name)?;
-        admin(&args.database, &format!("CREATE DATABASE {name}")).await?;
+        crate::store::create_postgres_database(&args.database, &name)
+            .await
+            .with_context(|| format!("cannot create database {name} on {}", args.database))?;
         let env = sending_env(url, smtp, args.pool, workers, &run_id);
         let figures = measure(&args, nodes, &exe, &env, &run_id).await;
-        if let Err(e) = admin(
-            &args.database,
-            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        )
-        .await
-        {
-            eprintln!("warning: {e:#}");
+        if let Err(e) = crate::store::drop_postgres_database(&args.database, &name).await {
+            eprintln!("warning: cannot drop database {name}: {e}");
         }
         rows.push((nodes, figures?));
     }
@@ -145,19 +141,6 @@ fn database_on(server: &str, name: &str) -> anyhow::Result<String> {
         Some(q) => format!("{scheme}://{authority}/{name}?{q}"),
         None => format!("{scheme}://{authority}/{name}"),
     })
-}
-
-/// Runs one statement that cannot run in a transaction (CREATE/DROP DATABASE) on the server.
-async fn admin(server: &str, statement: &str) -> anyhow::Result<()> {
-    let mut conn = sqlx::PgConnection::connect(server)
-        .await
-        .with_context(|| format!("cannot connect to {server}"))?;
-    sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
-        .execute(&mut conn)
-        .await
-        .with_context(|| format!("`{statement}` failed"))?;
-    let _ = conn.close().await;
-    Ok(())
 }
 
 /// What one node count measured.

@@ -205,6 +205,52 @@ impl Store {
     }
 }
 
+/// Creates the PostgreSQL database `name` on the server `server_url` connects to (for scratch
+/// databases of benchmarks). `name` must be a plain identifier: lowercase letters, digits and
+/// `_`.
+pub async fn create_postgres_database(server_url: &str, name: &str) -> Result<()> {
+    postgres_admin(
+        server_url,
+        &format!("CREATE DATABASE {}", plain_identifier(name)?),
+    )
+    .await
+}
+
+/// Drops the PostgreSQL database `name`, disconnecting its sessions.
+pub async fn drop_postgres_database(server_url: &str, name: &str) -> Result<()> {
+    let name = plain_identifier(name)?;
+    postgres_admin(
+        server_url,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await
+}
+
+fn plain_identifier(name: &str) -> Result<&str> {
+    let plain = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if plain {
+        Ok(name)
+    } else {
+        Err(StoreError::UnsupportedUrl(format!(
+            "database name `{name}`"
+        )))
+    }
+}
+
+/// Runs a statement that cannot run in a transaction on its own connection.
+async fn postgres_admin(server_url: &str, statement: &str) -> Result<()> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(server_url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+        .execute(&mut conn)
+        .await?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
 impl Tx {
     pub async fn commit(self) -> Result<()> {
         match self {

@@ -39,6 +39,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default port for `smtp://` (relay) URLs.
 const SMTP_PORT: u16 = 25;
+/// How long a stopping Herald waits for a relay to answer `QUIT`.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default port for `smtps://` (implicit TLS submission, RFC 8314) URLs.
 const SMTPS_PORT: u16 = 465;
 
@@ -345,8 +347,9 @@ impl Relay {
         };
         self.permits.close();
         let mut quits = tokio::task::JoinSet::new();
+        // QUIT is a courtesy: a relay that does not answer must not hold up a stop.
+        let limit = self.timeout.min(QUIT_TIMEOUT);
         for (mut conn, _) in parked {
-            let limit = self.timeout;
             quits.spawn(async move {
                 // The relay going away during shutdown changes nothing for us.
                 let _ = timeout(limit, conn.quit()).await;
