@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::TimeDelta;
-use herald::app::{Application, Role};
+use herald::app::Role;
 use herald::clock::{Clock, ManualClock};
-use herald::config::Settings;
 use herald::store::Store;
 use herald::transport::limit::Limiter;
 use serde_json::json;
@@ -31,17 +30,9 @@ async fn an_idle_worker_on_another_node_wakes_on_announced_work() {
     .await;
     // A worker-only node that would poll once an hour, on a manual clock that never moves:
     // only an announcement can make it look for work.
-    let mut env = api.env.clone();
-    env.push(("HERALD_WORKERS__POLL_INTERVAL".to_owned(), "1h".to_owned()));
-    let settings = Settings::load_with_env(api.dir.path(), None, &env).expect("settings");
-    let worker = Application::build(
-        settings,
-        api.dir.path(),
-        Clock::Manual(api.clock.clone()),
-        Role::Worker,
-    )
-    .await
-    .expect("worker node");
+    let worker = api
+        .worker_node(&[("HERALD_WORKERS__POLL_INTERVAL", "1h")])
+        .await;
     let stop_worker = CancellationToken::new();
     let worker = tokio::spawn(worker.run(stop_worker.clone()));
 

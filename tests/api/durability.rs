@@ -202,28 +202,12 @@ async fn two_workers_never_send_twice(db: Db) {
         write(dir, "templates/receipt.hbs", RECEIPT_TEMPLATE);
     };
     let a = TestApp::spawn_with(db, options(), setup).await;
-    // A second Herald on the same database and project, as a second node would be.
-    let b_settings =
-        herald::config::Settings::load_with_env(a.dir.path(), None, &a.env).expect("settings");
-    let b = herald::app::Application::build(
-        b_settings,
-        a.dir.path(),
-        herald::clock::Clock::Manual(a.clock.clone()),
-        Role::Worker,
-    )
-    .await
-    .expect("second node");
+    let b = a.worker_node(&[]).await;
     // Startup work (the first segment recompute) first, so only journey jobs are counted below.
     herald::scheduler::run_due(&a.core)
         .await
         .expect("startup jobs");
-    let contacts: Vec<_> = (0..JOURNEYS)
-        .map(|i| json!({"id": format!("c-{i}"), "email": format!("u{i}@example.com")}))
-        .collect();
-    let (status, body) = a
-        .post("/v1/contacts/batch", json!({"contacts": contacts}))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    a.contacts_batch(JOURNEYS, |i| format!("c-{i}")).await;
     let events: Vec<_> = (0..JOURNEYS)
         .map(|i| json!({"contact_id": format!("c-{i}"), "name": "order_placed", "properties": {"order_id": i}}))
         .collect();

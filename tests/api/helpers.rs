@@ -289,6 +289,34 @@ impl TestApp {
         assert_eq!(status, 200, "{body}");
     }
 
+    /// Upserts contacts `id(i)` with address `u{i}@example.com` for `i` in `0..n`, in one
+    /// batch request.
+    pub async fn contacts_batch(&self, n: usize, id: impl Fn(usize) -> String) {
+        let contacts: Vec<_> = (0..n)
+            .map(|i| json!({"id": id(i), "email": format!("u{i}@example.com")}))
+            .collect();
+        let (status, body) = self
+            .post("/v1/contacts/batch", json!({"contacts": contacts}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// Another Herald on this one's database, project and clock, as a second node would be,
+    /// with `env` added to this one's settings. It is built, not run.
+    pub async fn worker_node(&self, env: &[(&str, &str)]) -> Application {
+        let mut all = self.env.clone();
+        all.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let settings = Settings::load_with_env(self.dir.path(), None, &all).expect("settings");
+        Application::build(
+            settings,
+            self.dir.path(),
+            Clock::Manual(self.clock.clone()),
+            Role::Worker,
+        )
+        .await
+        .expect("second node")
+    }
+
     pub async fn event(&self, contact: &str, name: &str, properties: Value) -> Value {
         let (status, body) = self
             .post(

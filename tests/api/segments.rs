@@ -334,13 +334,7 @@ async fn two_nodes_sweep_each_contact_once(db: Db) {
     const CONTACTS: usize = 150;
     let app = app(db).await;
     app.run_due().await;
-    let contacts: Vec<_> = (0..CONTACTS)
-        .map(|i| json!({"id": format!("c-{i:03}"), "email": format!("u{i}@example.com")}))
-        .collect();
-    let (status, body) = app
-        .post("/v1/contacts/batch", json!({"contacts": contacts}))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    app.contacts_batch(CONTACTS, |i| format!("c-{i:03}")).await;
     let events: Vec<_> = (0..CONTACTS)
         .map(|i| {
             json!({"contact_id": format!("c-{i:03}"), "name": "cart_updated",
@@ -353,16 +347,7 @@ async fn two_nodes_sweep_each_contact_once(db: Db) {
     assert_eq!(status, 202, "{body}");
     app.run_due().await;
     assert_eq!(size_of(&app, "cart-abandoners").await, CONTACTS as i64);
-    let settings =
-        herald::config::Settings::load_with_env(app.dir.path(), None, &app.env).expect("settings");
-    let other = herald::app::Application::build(
-        settings,
-        app.dir.path(),
-        herald::clock::Clock::Manual(app.clock.clone()),
-        herald::app::Role::Worker,
-    )
-    .await
-    .expect("second node");
+    let other = app.worker_node(&[]).await;
     app.clock
         .advance(TimeDelta::days(7) + TimeDelta::seconds(1));
     let (a, b) = tokio::join!(

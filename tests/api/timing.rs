@@ -213,13 +213,7 @@ async fn two_workers_share_a_schedule_tick_once(db: Db) {
         project(&[("workflows/weekly.yaml", WEEKLY)]),
     )
     .await;
-    let contacts: Vec<_> = (0..CONTACTS)
-        .map(|i| json!({"id": format!("c-{i:04}"), "email": format!("u{i}@example.com")}))
-        .collect();
-    let (status, _) = app
-        .post("/v1/contacts/batch", json!({"contacts": contacts}))
-        .await;
-    assert_eq!(status, 200);
+    app.contacts_batch(CONTACTS, |i| format!("c-{i:04}")).await;
     let (_, body) = app
         .post(
             "/v1/contacts",
@@ -227,16 +221,7 @@ async fn two_workers_share_a_schedule_tick_once(db: Db) {
         )
         .await;
     assert_eq!(body["contact"]["subscribed"], false);
-    let settings =
-        herald::config::Settings::load_with_env(app.dir.path(), None, &app.env).expect("settings");
-    let other = herald::app::Application::build(
-        settings,
-        app.dir.path(),
-        herald::clock::Clock::Manual(app.clock.clone()),
-        Role::Worker,
-    )
-    .await
-    .expect("second node");
+    let other = app.worker_node(&[]).await;
     // 2026-11-02 is a Monday; the next tick is Monday 2026-11-09 09:00 UTC.
     app.clock.set(utc(2026, 11, 9, 9, 0));
     let (a, b) = tokio::join!(
@@ -461,13 +446,7 @@ async fn schedule_enrollment_resumes_after_a_crash_part_way(db: Db) {
         project(&[("workflows/weekly.yaml", WEEKLY)]),
     )
     .await;
-    let contacts: Vec<_> = (0..CONTACTS)
-        .map(|i| json!({"id": format!("c-{i:04}"), "email": format!("u{i}@example.com")}))
-        .collect();
-    let (status, _) = app
-        .post("/v1/contacts/batch", json!({"contacts": contacts}))
-        .await;
-    assert_eq!(status, 200);
+    app.contacts_batch(CONTACTS, |i| format!("c-{i:04}")).await;
     app.clock.set(utc(2026, 11, 9, 9, 0));
     assert_eq!(
         herald::scheduler::tick(&app.core).await.expect("tick"),
