@@ -38,6 +38,8 @@ pub enum StoreError {
     Abandoned,
     #[error("unsupported database url `{0}`: use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
+    #[error("database name `{0}`: use lowercase letters, digits and `_`")]
+    DatabaseName(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
