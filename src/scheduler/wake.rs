@@ -5,7 +5,6 @@
 //! announcements lost while a listener reconnects.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -21,15 +20,14 @@ const RELISTEN_AFTER: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct Waker {
     local: Notify,
+    /// Holds at most one permit, so wake-ups during an announcement's spacing coalesce.
     announce: Notify,
-    pending: AtomicBool,
 }
 
 impl Waker {
     /// New or sooner work exists: wake this process's workers and tell the other nodes.
     pub fn wake(&self) {
         self.local.notify_one();
-        self.pending.store(true, Ordering::Release);
         self.announce.notify_one();
     }
 
@@ -51,9 +49,7 @@ pub async fn announce(core: Arc<Core>, stop: CancellationToken) {
             _ = core.waker.announce.notified() => {}
             _ = stop.cancelled() => return,
         }
-        if core.waker.pending.swap(false, Ordering::AcqRel)
-            && let Err(e) = core.store.announce_work(&core.worker_id).await
-        {
+        if let Err(e) = core.store.announce_work(&core.worker_id).await {
             tracing::warn!(error = %e, "announcing work to other nodes failed; they will poll");
         }
         tokio::select! {
