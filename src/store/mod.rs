@@ -3,6 +3,7 @@
 //! write transactions start with `BEGIN IMMEDIATE` on a single-connection writer pool, so
 //! writers queue in the pool instead of failing with `SQLITE_BUSY`.
 
+mod checkpoint;
 mod contacts;
 mod events;
 mod group;
@@ -16,6 +17,7 @@ mod segments;
 mod triggers;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -56,6 +58,7 @@ pub enum Store {
     Sqlite {
         writer: SqlitePool,
         reader: SqlitePool,
+        checkpoints: Arc<checkpoint::Checkpointer>,
     },
     Postgres(PgPool),
 }
@@ -95,7 +98,7 @@ impl Store {
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
             // The one writer keeps the pages it touches (ledger and event indexes, 64 MiB) and
-            // its statement journals in memory. A SQLite connection is a file handle in this
+            // its statement journals in memory, and leaves most checkpointing to `checkpoint`. A SQLite connection is a file handle in this
             // process: it cannot go stale the way a network connection can, so the pool does
             // not ping it before every transaction (each ping is a round trip to its thread).
             let writer = SqlitePoolOptions::new()
@@ -106,15 +109,23 @@ impl Store {
                         .clone()
                         .pragma("cache_size", "-65536")
                         .pragma("temp_store", "memory")
-                        .pragma("wal_autocheckpoint", "8000"),
+                        .pragma(
+                            "wal_autocheckpoint",
+                            checkpoint::WRITER_AUTOCHECKPOINT.to_string(),
+                        ),
                 )
                 .await?;
+            let checkpoints = Arc::new(checkpoint::Checkpointer::spawn(options.clone()));
             let reader = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(2))
                 .test_before_acquire(false)
                 .connect_with(options.read_only(false))
                 .await?;
-            Ok(Store::Sqlite { writer, reader })
+            Ok(Store::Sqlite {
+                writer,
+                reader,
+                checkpoints,
+            })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
@@ -177,7 +188,12 @@ impl Store {
 
     pub async fn close(&self) {
         match self {
-            Store::Sqlite { writer, reader } => {
+            Store::Sqlite {
+                writer,
+                reader,
+                checkpoints,
+            } => {
+                checkpoints.stop();
                 writer.close().await;
                 reader.close().await;
             }

@@ -5,8 +5,10 @@
 //!
 //! The answer does not wait for the database: a hit goes into a bounded queue that a task (the
 //! recorder, started by `Application::run`) drains, recording up to [`BATCH`] hits per
-//! transaction. The recorder drains the queue before Herald stops; a hit that finds the queue
-//! full or closed is recorded before the answer, so an accepted hit is never lost.
+//! transaction. A full queue holds the answer until there is room (recording hits one per
+//! transaction instead would only slow the recorder down further). The recorder drains the
+//! queue before Herald stops; a hit that finds the queue closed is recorded before the answer,
+//! so an accepted hit is never lost.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
@@ -33,7 +35,7 @@ const SCANNER_AFTER_SEND: TimeDelta = TimeDelta::seconds(10);
 /// Several clicks on one message within this window: a scanner following every link.
 const SCANNER_BURST: TimeDelta = TimeDelta::seconds(5);
 
-/// Hits the queue holds before new ones are recorded inline.
+/// Hits the queue holds before answers wait for room.
 const QUEUE: usize = 8192;
 /// Hits recorded per transaction at most.
 pub const BATCH: usize = 256;
@@ -179,18 +181,17 @@ impl HitQueue {
         }))
     }
 
-    /// Queues a hit; hands it back when there is no room or no recorder.
-    fn offer(&self, hit: Hit) -> Option<Hit> {
+    /// Queues a hit, waiting for room; hands it back when there is no recorder (not started,
+    /// or stopped).
+    async fn offer(&self, hit: Hit) -> Option<Hit> {
         let Some(lanes) = self.lanes.get() else {
             return Some(hit);
         };
         let lane = &lanes[lane_of(&hit.message_id, lanes.len())];
-        match lane.try_send(Queued::Hit(hit)) {
+        match lane.send(Queued::Hit(hit)).await {
             Ok(()) => None,
-            Err(e) => match e.into_inner() {
-                Queued::Hit(hit) => Some(hit),
-                Queued::Flush(_) => None,
-            },
+            Err(mpsc::error::SendError(Queued::Hit(hit))) => Some(hit),
+            Err(mpsc::error::SendError(Queued::Flush(_))) => None,
         }
     }
 
@@ -217,9 +218,9 @@ fn lane_of(message_id: &str, lanes: usize) -> usize {
     usize::try_from(hash % lanes.max(1) as u64).unwrap_or(0)
 }
 
-/// Queues a hit for the recorder, or records it now when the queue cannot take it.
+/// Queues a hit for the recorder, or records it now when there is no recorder.
 async fn accept(core: &Core, hit: Hit) {
-    if let Some(hit) = core.hits.offer(hit) {
+    if let Some(hit) = core.hits.offer(hit).await {
         record_logged(core, &[hit]).await;
     }
 }

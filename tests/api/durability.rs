@@ -365,3 +365,34 @@ async fn grouped_writes_commit_together_and_a_failure_costs_no_other_write(db: D
     app.finish().await;
 }
 both_backends!(grouped_writes_commit_together_and_a_failure_costs_no_other_write);
+
+/// Committed pages reach the database file without the writer checkpointing: the writer's own
+/// checkpoint only starts at a WAL far larger than what is written here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_commits_are_checkpointed_in_the_background() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("herald.db");
+    let store = herald::store::Store::connect(&format!("sqlite://{}", path.display()), 2)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    let file_size = || std::fs::metadata(&path).expect("database file").len();
+    let before = file_size();
+    for i in 0..500 {
+        store
+            .meta_get_or_insert(&format!("filler-{i}"), || "x".repeat(2000))
+            .await
+            .expect("write");
+    }
+    // About 1 MB committed to the WAL; wait for the background copy (seconds at most).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while file_size() < before + 1_000_000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "database file still {} bytes (was {before})",
+            file_size()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    store.close().await;
+}
