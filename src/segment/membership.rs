@@ -22,6 +22,8 @@ use crate::workflow::trigger::{contact_view, on_event as journeys_on_event};
 
 /// Contacts per transaction in sweeps and recomputes.
 const BATCH: usize = 500;
+/// Purchasers read per page when scoring the population.
+const PAGE: i64 = 5000;
 pub const RECOMPUTE_JOB: &str = "segment_recompute";
 pub const REFRESH_JOB: &str = "profile_refresh";
 const THRESHOLD_KEY: &str = "profile.high_value_threshold";
@@ -491,14 +493,20 @@ pub async fn sweep(core: &Core) -> Result<usize> {
         }
         seen += due.len();
         let mut tx = core.store.write().await?;
-        let mut contacts = Vec::with_capacity(due.len());
-        for id in &due {
-            tx.lock_contact(id).await?;
-            match tx.get_contact(id).await? {
-                Some(c) => contacts.push(c),
-                None => tx.set_segment_dues(&[(id, None)]).await?,
-            }
-        }
+        let ids: Vec<&str> = due.iter().map(String::as_str).collect();
+        tx.lock_contacts(&ids).await?;
+        let mut contacts = tx.contacts_by_ids(&ids).await?;
+        contacts.sort_by(|a, b| a.id.cmp(&b.id));
+        let gone: Vec<(&str, Option<DateTime<Utc>>)> = ids
+            .iter()
+            .filter(|id| {
+                contacts
+                    .binary_search_by(|c| c.id.as_str().cmp(id))
+                    .is_err()
+            })
+            .map(|id| (*id, None))
+            .collect();
+        tx.set_segment_dues(&gone).await?;
         evaluate_batch(&mut tx, core, &contacts, false, Cause::Sweep, now).await?;
         tx.commit().await?;
     }
@@ -625,61 +633,65 @@ async fn recompute(core: &Core, job: &Job) -> Result<Outcome> {
 /// Recomputes RFM scores and the high-value threshold over all purchasers, stores the profiles
 /// that changed and marks those contacts due, so the sweep re-evaluates their segments. Also
 /// marks contacts who received mail since the last refresh and never engaged, for dormancy.
+///
+/// Two passes over the purchasers, a page at a time: the first keeps only what scoring needs
+/// (tens of bytes per purchaser, not the profile), the second applies the scores to each
+/// profile as stored at that moment, in the transaction that writes it back.
 async fn refresh_population(core: &Core, job: &Job) -> Result<Outcome> {
     let now = core.clock.now();
-    let mut profiles: Vec<(String, Value)> = Vec::new();
+    let mut purchasers: Vec<Purchaser> = Vec::new();
     let mut cursor = String::new();
-    let mut tx = core.store.read().await?;
     loop {
-        let page = tx.purchasers_after(&cursor, 5000).await?;
+        let mut tx = core.store.read().await?;
+        let page = tx.purchasers_after(&cursor, PAGE).await?;
+        tx.commit().await?;
         let Some(last) = page.last() else { break };
         cursor = last.0.clone();
-        profiles.extend(page.into_iter().map(|(id, p)| (id, p.0)));
-    }
-    tx.commit().await?;
-    let purchasers: Vec<Purchaser> = profiles
-        .iter()
-        .filter_map(|(id, p)| {
-            let profile = Profile::from_json(p);
+        purchasers.extend(page.iter().filter_map(|(id, p)| {
+            let purchase = Profile::from_json(&p.0).purchase;
             Some(Purchaser {
                 contact_id: id.clone(),
-                last_order_at: profile.purchase.last_order_at?,
-                orders: profile.purchase.orders,
-                total: profile.purchase.total,
+                last_order_at: purchase.last_order_at?,
+                orders: purchase.orders,
+                total: purchase.total,
             })
-        })
-        .collect();
+        }));
+    }
+    // Pages come in id order, so the scores can be found by binary search.
     let scores = rfm_scores(&purchasers);
     let mut totals: Vec<f64> = purchasers.iter().map(|p| p.total).collect();
     let threshold = core
         .profile_rules
         .high_value_total
         .or_else(|| high_value_threshold(&mut totals, core.profile_rules.high_value_share));
-    let stored: HashMap<&str, &Value> = profiles.iter().map(|(id, p)| (id.as_str(), p)).collect();
-    let mut changed = Vec::new();
-    for (p, rfm) in purchasers.iter().zip(scores) {
-        let Some(old) = stored.get(p.contact_id.as_str()) else {
-            continue;
-        };
-        let mut profile = Profile::from_json(old);
-        profile.rfm = Some(rfm);
-        profile.purchase.tier = super::profile::purchase_tier(&profile.purchase, threshold);
-        let new = profile.to_json();
-        if &new != *old {
-            changed.push((p.contact_id.clone(), new, profile.purchase.orders));
-        }
-    }
-    for chunk in changed.chunks(BATCH) {
+    drop(totals);
+    let mut cursor = String::new();
+    loop {
         let mut tx = core.store.write().await?;
-        let rows: Vec<(&str, &Value, i64)> = chunk
+        let page = tx.purchasers_after(&cursor, BATCH as i64).await?;
+        let Some(last) = page.last() else { break };
+        cursor = last.0.clone();
+        let mut changed = Vec::new();
+        for (id, old) in &page {
+            // A contact who first ordered after the first pass is scored by the next refresh.
+            let Ok(i) = purchasers.binary_search_by(|p| p.contact_id.as_str().cmp(id)) else {
+                continue;
+            };
+            let mut profile = Profile::from_json(&old.0);
+            profile.rfm = Some(scores[i].clone());
+            profile.purchase.tier = super::profile::purchase_tier(&profile.purchase, threshold);
+            let new = profile.to_json();
+            if new != old.0 {
+                changed.push((id.as_str(), new, profile.purchase.orders));
+            }
+        }
+        let rows: Vec<(&str, &Value, i64)> = changed
             .iter()
-            .map(|(id, profile, orders)| (id.as_str(), profile, *orders))
+            .map(|(id, profile, orders)| (*id, profile, *orders))
             .collect();
         tx.store_profiles(&rows).await?;
-        let due: Vec<(&str, Option<DateTime<Utc>>)> = chunk
-            .iter()
-            .map(|(id, _, _)| (id.as_str(), Some(now)))
-            .collect();
+        let due: Vec<(&str, Option<DateTime<Utc>>)> =
+            changed.iter().map(|(id, _, _)| (*id, Some(now))).collect();
         tx.set_segment_dues(&due).await?;
         tx.commit().await?;
     }

@@ -28,6 +28,18 @@ impl Tx {
         Ok(())
     }
 
+    /// [`Tx::lock_contact`] for several contacts, in id order so that two transactions locking
+    /// overlapping sets cannot deadlock.
+    pub async fn lock_contacts(&mut self, ids: &[&str]) -> Result<()> {
+        if let Tx::Postgres(t) = self {
+            sqlx::query("SELECT id FROM contacts WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+                .bind(ids)
+                .execute(&mut **t)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Inserts or replaces the contact row as given.
     pub async fn put_contact(&mut self, contact: &Contact) -> Result<()> {
         on_conn!(self, c => {
