@@ -19,13 +19,7 @@ impl Tx {
     /// Serializes decisions about one contact across transactions (PostgreSQL row lock; SQLite
     /// write transactions are serialized already).
     pub async fn lock_contact(&mut self, id: &str) -> Result<()> {
-        if let Tx::Postgres(t) = self {
-            sqlx::query("SELECT id FROM contacts WHERE id = $1 FOR UPDATE")
-                .bind(id)
-                .execute(&mut **t)
-                .await?;
-        }
-        Ok(())
+        self.lock_contacts(&[id]).await
     }
 
     /// [`Tx::lock_contact`] for several contacts, in id order so that two transactions locking
