@@ -389,6 +389,10 @@ async fn evaluate_batch(
     let mut members = current_members(tx, &ids).await?;
     let sends = tx.sent_counts(&ids).await?;
     let high_value = threshold(tx, core).await?;
+    let engaged = match rebuild {
+        true => tx.last_engagements(&ids).await?,
+        false => HashMap::new(),
+    };
     let mut decisions = Vec::with_capacity(contacts.len());
     for contact in contacts {
         let state = ContactState {
@@ -396,7 +400,8 @@ async fn evaluate_batch(
             members: members.remove(&contact.id).unwrap_or_default(),
         };
         let profile = if rebuild {
-            rebuild_profile(core, contact, &state.events)
+            let last_engaged_at = engaged.get(&contact.id).copied();
+            rebuild_profile(core, contact, &state.events, last_engaged_at)
         } else {
             Profile::from_json(&contact.profile.0)
         };
@@ -409,8 +414,8 @@ async fn evaluate_batch(
 }
 
 /// Which events to read, by name: since when, and whether with properties. Segments need each
-/// name back to their longest window; rebuilding profiles needs every engagement, order and
-/// lifecycle event.
+/// name back to their longest window; rebuilding profiles needs every order and lifecycle
+/// event (the last engagement is read on its own, see `Tx::last_engagements`).
 fn fact_reads(
     core: &Core,
     rebuild: bool,
@@ -430,13 +435,9 @@ fn fact_reads(
         .collect();
     if rebuild {
         let rules = &core.profile_rules;
-        let profile = [
-            ("email_opened", true),
-            ("email_clicked", true),
-            (rules.order_event.as_str(), true),
-        ]
-        .into_iter()
-        .chain(rules.stages.iter().map(|(n, _)| (n.as_str(), false)));
+        let profile = [(rules.order_event.as_str(), true)]
+            .into_iter()
+            .chain(rules.stages.iter().map(|(n, _)| (n.as_str(), false)));
         for (name, properties) in profile {
             let entry = reads.entry(name.to_owned()).or_insert((ever, false));
             entry.0 = ever;
@@ -461,7 +462,14 @@ fn as_reads(reads: &[(String, DateTime<Utc>, bool)]) -> Vec<FactRead<'_>> {
 }
 
 /// The profile from the contact's events alone, keeping the population scores last computed.
-fn rebuild_profile(core: &Core, contact: &Contact, events: &HashMap<String, Vec<Fact>>) -> Profile {
+/// `last_engaged_at` is the last human open or click: engagement events among `events` (read
+/// for segments, perhaps without the properties that tell machine opens apart) do not count.
+fn rebuild_profile(
+    core: &Core,
+    contact: &Contact,
+    events: &HashMap<String, Vec<Fact>>,
+    last_engaged_at: Option<DateTime<Utc>>,
+) -> Profile {
     let stored = Profile::from_json(&contact.profile.0);
     let mut profile = Profile {
         rfm: stored.rfm,
@@ -479,6 +487,7 @@ fn rebuild_profile(core: &Core, contact: &Contact, events: &HashMap<String, Vec<
             );
         }
     }
+    profile.last_engaged_at = last_engaged_at;
     profile
 }
 

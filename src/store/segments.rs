@@ -263,6 +263,54 @@ impl Tx {
         Ok(())
     }
 
+    /// Each contact's last human engagement: the newest `email_opened` or `email_clicked`
+    /// whose properties do not say `"machine": true`. Read newest first through the
+    /// (contact, name, time) index, so a contact with thousands of opens costs a row or two,
+    /// not all of them.
+    pub async fn last_engagements(
+        &mut self,
+        contact_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, DateTime<Utc>>> {
+        let mut found = std::collections::HashMap::new();
+        for chunk in contact_ids.chunks(1000) {
+            let newest = |name: &str| {
+                match self.backend() {
+                Backend::Sqlite => format!(
+                    "(SELECT occurred_at FROM events e WHERE e.contact_id = v.id AND e.name = '{name}'
+                      AND json_type(e.properties, '$.machine') IS NOT 'true'
+                      ORDER BY e.occurred_at DESC LIMIT 1)"
+                ),
+                Backend::Postgres => format!(
+                    "(SELECT occurred_at FROM events e WHERE e.contact_id = v.id AND e.name = '{name}'
+                      AND e.properties->'machine' IS DISTINCT FROM 'true'::jsonb
+                      ORDER BY e.occurred_at DESC LIMIT 1)"
+                ),
+            }
+            };
+            let sql = format!(
+                "WITH v (id) AS (VALUES {}) SELECT v.id, {}, {} FROM v",
+                Params::new(self.backend()).rows(chunk.len(), 1),
+                newest("email_opened"),
+                newest("email_clicked"),
+            );
+            // (contact, last human open, last human click)
+            type Newest = (String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+            let rows: Vec<Newest> = on_conn!(self, c => {
+                // Only placeholders and the two constant event names are spliced in.
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q.fetch_all(c).await?
+            });
+            found.extend(
+                rows.into_iter()
+                    .filter_map(|(id, opened, clicked)| Some((id, opened.max(clicked)?))),
+            );
+        }
+        Ok(found)
+    }
+
     /// Messages handed to a transport, per contact, for the contacts given.
     pub async fn sent_counts(
         &mut self,

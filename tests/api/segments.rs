@@ -246,6 +246,58 @@ async fn machine_opens_make_nobody_active(db: Db) {
 }
 both_backends!(machine_opens_make_nobody_active);
 
+/// The full recompute rebuilds profiles from stored events: the last human open counts, the
+/// machine opens and scanner clicks after it do not.
+async fn a_recompute_ignores_machine_opens(db: Db) {
+    let app = app(db).await;
+    app.contact("c-1", "ana@example.com", json!({})).await;
+    let now = app.clock.now();
+    let human = now - TimeDelta::days(100);
+    let stored = |i: usize, name: &str, properties: Value, at| herald::store::Event {
+        id: format!("imported-{i}"),
+        contact_id: "c-1".to_owned(),
+        name: name.to_owned(),
+        properties: sqlx::types::Json(properties),
+        occurred_at: at,
+        received_at: at,
+    };
+    let events = [
+        stored(1, "email_opened", json!({}), human),
+        stored(
+            2,
+            "email_opened",
+            json!({"machine": true}),
+            now - TimeDelta::days(2),
+        ),
+        stored(
+            3,
+            "email_clicked",
+            json!({"machine": true, "url": "https://x.example"}),
+            now - TimeDelta::days(1),
+        ),
+        stored(
+            4,
+            "email_opened",
+            json!({"machine": false}),
+            human - TimeDelta::days(1),
+        ),
+    ];
+    // Stored as an import stores them: without their effects, for the recompute to find.
+    let mut tx = app.core.store.write().await.expect("write");
+    tx.import_events(&events).await.expect("import");
+    tx.commit().await.expect("commit");
+    app.run_due().await;
+    let profile = profile_of(&app, "c-1").await;
+    assert_eq!(profile["engagement"], "inactive", "{profile}");
+    let last = profile["last_engaged_at"]
+        .as_str()
+        .expect("last_engaged_at");
+    let last = chrono::DateTime::parse_from_rfc3339(last).expect("a time");
+    assert_eq!(last, human, "{profile}");
+    app.finish().await;
+}
+both_backends!(a_recompute_ignores_machine_opens);
+
 /// A subscriber dormant for good gets one re-engagement mail, then is suppressed.
 async fn dormant_subscribers_are_sunset(db: Db) {
     let app = app(db).await;
