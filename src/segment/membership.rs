@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sqlx::types::Json;
 
 use super::evaluate::{Fact, Facts, evaluate_all};
-use super::profile::{Observed, Profile, Purchaser, high_value_threshold, rfm_scores};
+use super::profile::{Observed, Profile, Purchaser, Stage, high_value_threshold, rfm_scores};
 use super::{ENTERED, EXITED};
 use crate::core::Core;
 use crate::store::{Contact, Event, FactRead, FactRow, Job, Result, Tx, earliest, job_status};
@@ -389,9 +389,16 @@ async fn evaluate_batch(
     let mut members = current_members(tx, &ids).await?;
     let sends = tx.sent_counts(&ids).await?;
     let high_value = threshold(tx, core).await?;
-    let engaged = match rebuild {
-        true => tx.last_engagements(&ids).await?,
-        false => HashMap::new(),
+    let tiers = core.profile_rules.stage_tiers();
+    let (engaged, stages) = match rebuild {
+        true => {
+            let names: Vec<Vec<&str>> = tiers.iter().map(|(_, names)| names.clone()).collect();
+            (
+                tx.last_engagements(&ids).await?,
+                tx.first_tiers_reached(&ids, &names).await?,
+            )
+        }
+        false => (HashMap::new(), HashMap::new()),
     };
     let mut decisions = Vec::with_capacity(contacts.len());
     for contact in contacts {
@@ -400,8 +407,11 @@ async fn evaluate_batch(
             members: members.remove(&contact.id).unwrap_or_default(),
         };
         let profile = if rebuild {
-            let last_engaged_at = engaged.get(&contact.id).copied();
-            rebuild_profile(core, contact, &state.events, last_engaged_at)
+            let reached = Reached {
+                last_engaged_at: engaged.get(&contact.id).copied(),
+                stage: stages.get(&contact.id).map(|&i| tiers[i].0),
+            };
+            rebuild_profile(core, contact, &state.events, reached)
         } else {
             Profile::from_json(&contact.profile.0)
         };
@@ -414,8 +424,8 @@ async fn evaluate_batch(
 }
 
 /// Which events to read, by name: since when, and whether with properties. Segments need each
-/// name back to their longest window; rebuilding profiles needs every order and lifecycle
-/// event (the last engagement is read on its own, see `Tx::last_engagements`).
+/// name back to their longest window; rebuilding profiles needs every order (the last
+/// engagement and the furthest lifecycle stage are read on their own, see [`Reached`]).
 fn fact_reads(
     core: &Core,
     rebuild: bool,
@@ -435,14 +445,10 @@ fn fact_reads(
         .collect();
     if rebuild {
         let rules = &core.profile_rules;
-        let profile = [(rules.order_event.as_str(), true)]
-            .into_iter()
-            .chain(rules.stages.iter().map(|(n, _)| (n.as_str(), false)));
-        for (name, properties) in profile {
-            let entry = reads.entry(name.to_owned()).or_insert((ever, false));
-            entry.0 = ever;
-            entry.1 |= properties;
-        }
+        let entry = reads
+            .entry(rules.order_event.clone())
+            .or_insert((ever, true));
+        *entry = (ever, true);
     }
     let mut reads: Vec<(String, DateTime<Utc>, bool)> =
         reads.into_iter().map(|(n, (t, p))| (n, t, p)).collect();
@@ -461,14 +467,22 @@ fn as_reads(reads: &[(String, DateTime<Utc>, bool)]) -> Vec<FactRead<'_>> {
         .collect()
 }
 
+/// What a profile rebuild reads by index probes rather than event by event.
+struct Reached {
+    /// The last human open or click (`Tx::last_engagements`).
+    last_engaged_at: Option<DateTime<Utc>>,
+    /// The furthest lifecycle stage any event leads to (`Tx::first_tiers_reached`).
+    stage: Option<Stage>,
+}
+
 /// The profile from the contact's events alone, keeping the population scores last computed.
-/// `last_engaged_at` is the last human open or click: engagement events among `events` (read
-/// for segments, perhaps without the properties that tell machine opens apart) do not count.
+/// Engagement comes from `reached` only: engagement events among `events` (read for segments,
+/// perhaps without the properties that tell machine opens apart) do not count.
 fn rebuild_profile(
     core: &Core,
     contact: &Contact,
     events: &HashMap<String, Vec<Fact>>,
-    last_engaged_at: Option<DateTime<Utc>>,
+    reached: Reached,
 ) -> Profile {
     let stored = Profile::from_json(&contact.profile.0);
     let mut profile = Profile {
@@ -487,7 +501,8 @@ fn rebuild_profile(
             );
         }
     }
-    profile.last_engaged_at = last_engaged_at;
+    profile.last_engaged_at = reached.last_engaged_at;
+    profile.lifecycle = profile.lifecycle.max(reached.stage);
     profile
 }
 

@@ -2,6 +2,8 @@
 //! lifecycle stage. Plain data and pure functions; the segment engine stores the result in the
 //! contact row (`contacts.profile`), where templates and conditions read it as `contact.…`.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -79,6 +81,19 @@ impl ProfileRules {
         matches!(event, "email_opened" | "email_clicked")
             || event == self.order_event
             || self.stages.iter().any(|(n, _)| n == event)
+    }
+
+    /// The stages that events lead to, furthest first, each with its event names: a contact's
+    /// lifecycle stage is the first of these with any event (before the repeat-order rule).
+    pub fn stage_tiers(&self) -> Vec<(Stage, Vec<&str>)> {
+        let mut tiers: BTreeMap<std::cmp::Reverse<Stage>, Vec<&str>> = BTreeMap::new();
+        for (name, stage) in &self.stages {
+            tiers
+                .entry(std::cmp::Reverse(*stage))
+                .or_default()
+                .push(name.as_str());
+        }
+        tiers.into_iter().map(|(s, names)| (s.0, names)).collect()
     }
 
     fn stage_of(&self, event: &str) -> Option<Stage> {
@@ -406,6 +421,28 @@ mod tests {
         assert_eq!(p.lifecycle, Some(Stage::Retention));
         p.settle(at(0), 0, Some(100.0), at(5), &rules);
         assert_eq!(p.purchase.tier.as_deref(), Some("high-value"));
+    }
+
+    #[test]
+    fn stage_tiers_run_furthest_first_and_a_name_counts_at_its_furthest_stage() {
+        let mut rules = rules();
+        rules.stages = vec![
+            ("page_viewed".to_owned(), Stage::Awareness),
+            ("review_posted".to_owned(), Stage::Advocacy),
+            ("product_viewed".to_owned(), Stage::Consideration),
+            ("signed_up".to_owned(), Stage::Awareness),
+            ("page_viewed".to_owned(), Stage::Decision),
+        ];
+        assert_eq!(
+            rules.stage_tiers(),
+            vec![
+                (Stage::Advocacy, vec!["review_posted"]),
+                (Stage::Decision, vec!["page_viewed"]),
+                (Stage::Consideration, vec!["product_viewed"]),
+                (Stage::Awareness, vec!["page_viewed", "signed_up"]),
+            ]
+        );
+        assert_eq!(rules.stage_of("page_viewed"), Some(Stage::Decision));
     }
 
     /// Ten purchasers, scored by hand: with r of them strictly below, the score is 1 + ⌊5r/10⌋.

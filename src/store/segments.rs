@@ -311,6 +311,63 @@ impl Tx {
         Ok(found)
     }
 
+    /// For each contact, the index of the first of `tiers` (lists of event names) that it has
+    /// any event of; contacts with none are left out. Each tier is an index probe per contact,
+    /// tried in order until one hits, so a contact with thousands of page views costs a probe,
+    /// not a row per view.
+    pub async fn first_tiers_reached(
+        &mut self,
+        contact_ids: &[String],
+        tiers: &[Vec<&str>],
+    ) -> Result<std::collections::HashMap<String, usize>> {
+        let tiers: Vec<(usize, &Vec<&str>)> = tiers
+            .iter()
+            .enumerate()
+            .filter(|(_, names)| !names.is_empty())
+            .collect();
+        let mut found = std::collections::HashMap::new();
+        if tiers.is_empty() {
+            return Ok(found);
+        }
+        for chunk in contact_ids.chunks(1000) {
+            let mut p = Params::new(self.backend());
+            let ids = p.rows(chunk.len(), 1);
+            let cases: Vec<String> = tiers
+                .iter()
+                .map(|(i, names)| {
+                    format!(
+                        "WHEN EXISTS (SELECT 1 FROM events e WHERE e.contact_id = v.id
+                           AND e.name IN ({})) THEN CAST({i} AS BIGINT)",
+                        p.list(names.len())
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "SELECT id, tier FROM (WITH v (id) AS (VALUES {ids})
+                   SELECT v.id, CASE {} END AS tier FROM v) t WHERE tier IS NOT NULL",
+                cases.join(" ")
+            );
+            let rows: Vec<(String, i64)> = on_conn!(self, c => {
+                // Only placeholders and tier numbers are spliced in; every value is bound.
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                for (_, names) in &tiers {
+                    for name in names.iter() {
+                        q = q.bind(*name);
+                    }
+                }
+                q.fetch_all(c).await?
+            });
+            found.extend(
+                rows.into_iter()
+                    .filter_map(|(id, tier)| Some((id, usize::try_from(tier).ok()?))),
+            );
+        }
+        Ok(found)
+    }
+
     /// Messages handed to a transport, per contact, for the contacts given.
     pub async fn sent_counts(
         &mut self,

@@ -247,8 +247,8 @@ async fn machine_opens_make_nobody_active(db: Db) {
 both_backends!(machine_opens_make_nobody_active);
 
 /// The full recompute rebuilds profiles from stored events: the last human open counts, the
-/// machine opens and scanner clicks after it do not.
-async fn a_recompute_ignores_machine_opens(db: Db) {
+/// machine opens and scanner clicks after it do not, and the furthest lifecycle stage holds.
+async fn a_recompute_rebuilds_engagement_and_lifecycle(db: Db) {
     let app = app(db).await;
     app.contact("c-1", "ana@example.com", json!({})).await;
     let now = app.clock.now();
@@ -281,6 +281,10 @@ async fn a_recompute_ignores_machine_opens(db: Db) {
             json!({"machine": false}),
             human - TimeDelta::days(1),
         ),
+        // Awareness, then consideration (the default `[profile.lifecycle]`).
+        stored(5, "page_viewed", json!({}), human - TimeDelta::days(300)),
+        stored(6, "product_viewed", json!({}), human - TimeDelta::days(200)),
+        stored(7, "page_viewed", json!({}), human),
     ];
     // Stored as an import stores them: without their effects, for the recompute to find.
     let mut tx = app.core.store.write().await.expect("write");
@@ -294,9 +298,10 @@ async fn a_recompute_ignores_machine_opens(db: Db) {
         .expect("last_engaged_at");
     let last = chrono::DateTime::parse_from_rfc3339(last).expect("a time");
     assert_eq!(last, human, "{profile}");
+    assert_eq!(profile["lifecycle"], "consideration", "{profile}");
     app.finish().await;
 }
-both_backends!(a_recompute_ignores_machine_opens);
+both_backends!(a_recompute_rebuilds_engagement_and_lifecycle);
 
 /// A subscriber dormant for good gets one re-engagement mail, then is suppressed.
 async fn dormant_subscribers_are_sunset(db: Db) {
