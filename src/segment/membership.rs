@@ -389,16 +389,14 @@ async fn evaluate_batch(
     let mut members = current_members(tx, &ids).await?;
     let sends = tx.sent_counts(&ids).await?;
     let high_value = threshold(tx, core).await?;
-    let tiers = core.profile_rules.stage_tiers();
-    let (engaged, stages) = match rebuild {
-        true => {
-            let names: Vec<Vec<&str>> = tiers.iter().map(|(_, names)| names.clone()).collect();
-            (
-                tx.last_engagements(&ids).await?,
-                tx.first_tiers_reached(&ids, &names).await?,
-            )
-        }
-        false => (HashMap::new(), HashMap::new()),
+    let (tiers, engaged, stages) = if rebuild {
+        let tiers = core.profile_rules.stage_tiers();
+        let names: Vec<&[&str]> = tiers.iter().map(|(_, names)| names.as_slice()).collect();
+        let engaged = tx.last_engagements(&ids).await?;
+        let stages = tx.first_tiers_reached(&ids, &names).await?;
+        (tiers, engaged, stages)
+    } else {
+        (Vec::new(), HashMap::new(), HashMap::new())
     };
     let mut decisions = Vec::with_capacity(contacts.len());
     for contact in contacts {
@@ -444,11 +442,7 @@ fn fact_reads(
         })
         .collect();
     if rebuild {
-        let rules = &core.profile_rules;
-        let entry = reads
-            .entry(rules.order_event.clone())
-            .or_insert((ever, true));
-        *entry = (ever, true);
+        reads.insert(core.profile_rules.order_event.clone(), (ever, true));
     }
     let mut reads: Vec<(String, DateTime<Utc>, bool)> =
         reads.into_iter().map(|(n, (t, p))| (n, t, p)).collect();

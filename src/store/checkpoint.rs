@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, SqliteConnection};
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 /// How often the background checkpoint looks for committed pages to copy.
 const INTERVAL: Duration = Duration::from_millis(50);
@@ -22,21 +22,23 @@ pub(super) const WRITER_AUTOCHECKPOINT: u32 = 32_000;
 /// Runs checkpoints until the last clone of the store is dropped or the store is closed.
 pub struct Checkpointer {
     stop: CancellationToken,
-    _guard: DropGuard,
 }
 
 impl Checkpointer {
     pub(super) fn spawn(options: SqliteConnectOptions) -> Checkpointer {
         let stop = CancellationToken::new();
         tokio::spawn(run(options, stop.clone()));
-        Checkpointer {
-            _guard: stop.clone().drop_guard(),
-            stop,
-        }
+        Checkpointer { stop }
     }
 
     pub(super) fn stop(&self) {
         self.stop.cancel();
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

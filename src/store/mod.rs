@@ -98,9 +98,10 @@ impl Store {
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
             // The one writer keeps the pages it touches (ledger and event indexes, 64 MiB) and
-            // its statement journals in memory, and leaves most checkpointing to `checkpoint`. A SQLite connection is a file handle in this
-            // process: it cannot go stale the way a network connection can, so the pool does
-            // not ping it before every transaction (each ping is a round trip to its thread).
+            // its statement journals in memory, and leaves most checkpointing to `checkpoint`.
+            // A SQLite connection is a file handle in this process: it cannot go stale the way
+            // a network connection can, so the pool does not ping it before every transaction
+            // (each ping is a round trip to its thread).
             let writer = SqlitePoolOptions::new()
                 .max_connections(1)
                 .test_before_acquire(false)

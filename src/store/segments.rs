@@ -57,6 +57,11 @@ impl Params {
     }
 }
 
+/// `WITH v (id) AS (VALUES (…), …)`: `n` contact ids as a table `v` the query goes on to read.
+fn contacts_as_v(p: &mut Params, n: usize) -> String {
+    format!("WITH v (id) AS (VALUES {})", p.rows(n, 1))
+}
+
 impl Tx {
     pub async fn is_member(&mut self, segment: &str, contact_id: &str) -> Result<bool> {
         let row: Option<(String,)> = on_conn!(self, c => {
@@ -273,23 +278,20 @@ impl Tx {
     ) -> Result<std::collections::HashMap<String, DateTime<Utc>>> {
         let mut found = std::collections::HashMap::new();
         for chunk in contact_ids.chunks(1000) {
+            // A human open or click: its properties do not say `"machine": true`.
+            let human = match self.backend() {
+                Backend::Sqlite => "json_type(e.properties, '$.machine') IS NOT 'true'",
+                Backend::Postgres => "e.properties->'machine' IS DISTINCT FROM 'true'::jsonb",
+            };
             let newest = |name: &str| {
-                match self.backend() {
-                Backend::Sqlite => format!(
-                    "(SELECT occurred_at FROM events e WHERE e.contact_id = v.id AND e.name = '{name}'
-                      AND json_type(e.properties, '$.machine') IS NOT 'true'
-                      ORDER BY e.occurred_at DESC LIMIT 1)"
-                ),
-                Backend::Postgres => format!(
-                    "(SELECT occurred_at FROM events e WHERE e.contact_id = v.id AND e.name = '{name}'
-                      AND e.properties->'machine' IS DISTINCT FROM 'true'::jsonb
-                      ORDER BY e.occurred_at DESC LIMIT 1)"
-                ),
-            }
+                format!(
+                    "(SELECT occurred_at FROM events e WHERE e.contact_id = v.id
+                      AND e.name = '{name}' AND {human} ORDER BY e.occurred_at DESC LIMIT 1)"
+                )
             };
             let sql = format!(
-                "WITH v (id) AS (VALUES {}) SELECT v.id, {}, {} FROM v",
-                Params::new(self.backend()).rows(chunk.len(), 1),
+                "{} SELECT v.id, {}, {} FROM v",
+                contacts_as_v(&mut Params::new(self.backend()), chunk.len()),
                 newest("email_opened"),
                 newest("email_clicked"),
             );
@@ -318,9 +320,9 @@ impl Tx {
     pub async fn first_tiers_reached(
         &mut self,
         contact_ids: &[String],
-        tiers: &[Vec<&str>],
+        tiers: &[&[&str]],
     ) -> Result<std::collections::HashMap<String, usize>> {
-        let tiers: Vec<(usize, &Vec<&str>)> = tiers
+        let tiers: Vec<(usize, &&[&str])> = tiers
             .iter()
             .enumerate()
             .filter(|(_, names)| !names.is_empty())
@@ -331,7 +333,7 @@ impl Tx {
         }
         for chunk in contact_ids.chunks(1000) {
             let mut p = Params::new(self.backend());
-            let ids = p.rows(chunk.len(), 1);
+            let contacts = contacts_as_v(&mut p, chunk.len());
             let cases: Vec<String> = tiers
                 .iter()
                 .map(|(i, names)| {
@@ -343,8 +345,8 @@ impl Tx {
                 })
                 .collect();
             let sql = format!(
-                "SELECT id, tier FROM (WITH v (id) AS (VALUES {ids})
-                   SELECT v.id, CASE {} END AS tier FROM v) t WHERE tier IS NOT NULL",
+                "SELECT id, tier FROM ({contacts} SELECT v.id, CASE {} END AS tier FROM v) t
+                 WHERE tier IS NOT NULL",
                 cases.join(" ")
             );
             let rows: Vec<(String, i64)> = on_conn!(self, c => {
