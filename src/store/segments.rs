@@ -331,6 +331,13 @@ impl Tx {
         if tiers.is_empty() {
             return Ok(found);
         }
+        // PostgreSQL would turn a probe whose names look rare into a hashed subplan: a scan of
+        // every event of those names, per statement (51 ms instead of 8 ms for 500 contacts at
+        // 200k events, and growing with the table). `OFFSET 0` keeps each one a probe.
+        let fence = match self.backend() {
+            Backend::Sqlite => "",
+            Backend::Postgres => " OFFSET 0",
+        };
         for chunk in contact_ids.chunks(1000) {
             let mut p = Params::new(self.backend());
             let contacts = contacts_as_v(&mut p, chunk.len());
@@ -339,17 +346,18 @@ impl Tx {
                 .map(|(i, names)| {
                     format!(
                         "WHEN EXISTS (SELECT 1 FROM events e WHERE e.contact_id = v.id
-                           AND e.name IN ({})) THEN CAST({i} AS BIGINT)",
+                           AND e.name IN ({}){fence}) THEN CAST({i} AS BIGINT)",
                         p.list(names.len())
                     )
                 })
                 .collect();
+            // Contacts without a tier come back as NULL and are dropped here: a `WHERE` on
+            // the tier would make both engines evaluate the probes twice.
             let sql = format!(
-                "SELECT id, tier FROM ({contacts} SELECT v.id, CASE {} END AS tier FROM v) t
-                 WHERE tier IS NOT NULL",
+                "{contacts} SELECT v.id, CASE {} END AS tier FROM v",
                 cases.join(" ")
             );
-            let rows: Vec<(String, i64)> = on_conn!(self, c => {
+            let rows: Vec<(String, Option<i64>)> = on_conn!(self, c => {
                 // Only placeholders and tier numbers are spliced in; every value is bound.
                 let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
                 for id in chunk {
@@ -364,7 +372,7 @@ impl Tx {
             });
             found.extend(
                 rows.into_iter()
-                    .filter_map(|(id, tier)| Some((id, usize::try_from(tier).ok()?))),
+                    .filter_map(|(id, tier)| Some((id, usize::try_from(tier?).ok()?))),
             );
         }
         Ok(found)
