@@ -197,54 +197,88 @@ impl Core {
             check_id(&format!("{prefix}contact_id"), &input.contact_id)?;
             check_id(&format!("{prefix}name"), &input.name)?;
         }
-        let mut tx = self.store.write().await?;
-        let mut receipts = Vec::with_capacity(inputs.len());
-        let mut started = false;
-        for input in inputs {
-            let Some(contact) = tx.get_contact(&input.contact_id).await? else {
-                return Err(IngestError::UnknownContact(input.contact_id));
-            };
-            let event = Event {
-                id: input.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-                contact_id: input.contact_id,
-                name: input.name,
-                properties: Json(Value::Object(input.properties.unwrap_or_default())),
-                occurred_at: input.timestamp.unwrap_or(now),
-                received_at: now,
-            };
-            if !tx.insert_event(&event).await? {
-                receipts.push(EventReceipt {
-                    id: event.id,
-                    duplicate: true,
-                    effects: Effects::default(),
-                });
-                continue;
-            }
-            record_engagement(&mut tx, self, &event).await?;
-            // Segments first, so journeys the event starts see the contact's new memberships.
-            let contact = membership::on_event(&mut tx, self, &contact, &event, now).await?;
-            let effects = on_event(
-                &mut tx,
-                &self.workflows,
-                &contact,
-                &event,
-                now,
-                self.max_attempts,
-            )
-            .await?;
-            started |= !effects.entered.is_empty() || !effects.resumed.is_empty();
-            receipts.push(EventReceipt {
-                id: event.id,
-                duplicate: false,
-                effects,
-            });
-        }
-        tx.commit().await?;
+        let (receipts, started) = if batch {
+            let mut tx = self.store.write().await?;
+            let stored = store_events(&mut tx, self, inputs, now).await?;
+            tx.commit().await?;
+            stored
+        } else {
+            // A single event joins the write transaction of whatever else is being stored at
+            // the moment (other requests' events, journey steps, receipts). Its contact is
+            // checked before it writes anything, so an unknown contact never leaves a write
+            // behind in the shared transaction.
+            let inputs = std::sync::Arc::new(inputs);
+            self.group
+                .run(self, &self.store, move |core, tx| {
+                    let inputs = inputs.as_ref().clone();
+                    Box::pin(async move {
+                        // A database error must fail the op, so the shared transaction rolls
+                        // back (and the others run again alone) instead of committing a part.
+                        match store_events(tx, core, inputs, now).await {
+                            Err(IngestError::Store(e)) => Err(e),
+                            stored => Ok(stored),
+                        }
+                    })
+                })
+                .await??
+        };
         if started {
             self.wake_scheduler();
         }
         Ok(receipts)
     }
+}
+
+/// Stores events and applies them to journeys in `tx`. Returns the receipts and whether any
+/// journey started or resumed. An unknown contact fails before anything of its event is written.
+async fn store_events(
+    tx: &mut Tx,
+    core: &Core,
+    inputs: Vec<EventInput>,
+    now: DateTime<Utc>,
+) -> Result<(Vec<EventReceipt>, bool), IngestError> {
+    let mut receipts = Vec::with_capacity(inputs.len());
+    let mut started = false;
+    for input in inputs {
+        let Some(contact) = tx.get_contact(&input.contact_id).await? else {
+            return Err(IngestError::UnknownContact(input.contact_id));
+        };
+        let event = Event {
+            id: input.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            contact_id: input.contact_id,
+            name: input.name,
+            properties: Json(Value::Object(input.properties.unwrap_or_default())),
+            occurred_at: input.timestamp.unwrap_or(now),
+            received_at: now,
+        };
+        if !tx.insert_event(&event).await? {
+            receipts.push(EventReceipt {
+                id: event.id,
+                duplicate: true,
+                effects: Effects::default(),
+            });
+            continue;
+        }
+        record_engagement(tx, core, &event).await?;
+        // Segments first, so journeys the event starts see the contact's new memberships.
+        let contact = membership::on_event(tx, core, &contact, &event, now).await?;
+        let effects = on_event(
+            tx,
+            &core.workflows,
+            &contact,
+            &event,
+            now,
+            core.max_attempts,
+        )
+        .await?;
+        started |= !effects.entered.is_empty() || !effects.resumed.is_empty();
+        receipts.push(EventReceipt {
+            id: event.id,
+            duplicate: false,
+            effects,
+        });
+    }
+    Ok((receipts, started))
 }
 
 /// Engagement reported as behavioral events (`email_opened`, `email_clicked` with a

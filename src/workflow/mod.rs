@@ -9,9 +9,9 @@ pub mod program;
 pub mod timing;
 pub mod trigger;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use model::{SegmentTrigger, Trigger, Workflow};
+use model::{SegmentTrigger, StepKind, Trigger, Workflow};
 use program::Program;
 
 /// A loaded workflow with its compiled program.
@@ -26,6 +26,8 @@ pub struct Compiled {
 pub struct Workflows {
     by_name: HashMap<String, Compiled>,
     order: Vec<String>,
+    /// Event names that a running journey reacts to: `exit_on` rules and `wait_for` steps.
+    heard_by_journeys: HashSet<String>,
 }
 
 impl Workflows {
@@ -34,6 +36,14 @@ impl Workflows {
         for def in defs {
             set.order.push(def.name.clone());
             let program = Program::compile(&def.steps);
+            set.heard_by_journeys
+                .extend(def.exit_on.iter().map(|rule| rule.event.clone()));
+            set.heard_by_journeys.extend(program.nodes().filter_map(
+                |node| match &node.step.kind {
+                    StepKind::WaitFor { event, .. } => Some(event.clone()),
+                    _ => None,
+                },
+            ));
             set.by_name
                 .insert(def.name.clone(), Compiled { def, program });
         }
@@ -47,6 +57,13 @@ impl Workflows {
     /// Workflows in file order.
     pub fn iter(&self) -> impl Iterator<Item = &Compiled> {
         self.order.iter().filter_map(|n| self.by_name.get(n))
+    }
+
+    /// Whether a running journey can react to an event named `event` (end on it, or resume a
+    /// `wait_for` on it). When none can, the contact's journeys need not be read at all. A
+    /// journey parked by a `wait_for` step that a redeploy removed then runs on at its timeout.
+    pub fn journeys_hear(&self, event: &str) -> bool {
+        self.heard_by_journeys.contains(event)
     }
 
     /// Workflows started by events named `event`.

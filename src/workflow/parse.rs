@@ -3009,4 +3009,21 @@ steps:
             ]
         );
     }
+
+    #[test]
+    fn journeys_hear_exit_and_wait_for_events_only() {
+        let workflow = parse_ok(
+            "trigger: { event: cart_updated }\n\
+             exit_on: [{ event: order_placed }]\n\
+             steps:\n\
+             \x20 - wait_for: { event: email_clicked, timeout: 2d }\n\
+             \x20 - send: cart-reminder\n",
+        );
+        let workflows = crate::workflow::Workflows::new(vec![workflow]);
+        assert!(workflows.journeys_hear("order_placed"));
+        assert!(workflows.journeys_hear("email_clicked"));
+        // The trigger starts journeys; running journeys do not react to it.
+        assert!(!workflows.journeys_hear("cart_updated"));
+        assert!(!workflows.journeys_hear("page_viewed"));
+    }
 }

@@ -67,7 +67,11 @@ pub async fn on_event(
 ) -> Result<Effects> {
     let mut effects = Effects::default();
     let view = contact_view(contact);
-    for journey in tx.active_journeys(&contact.id).await? {
+    let journeys = match workflows.journeys_hear(&event.name) {
+        true => tx.active_journeys(&contact.id).await?,
+        false => Vec::new(),
+    };
+    for journey in journeys {
         let Some(wf) = workflows.get(&journey.workflow) else {
             continue;
         };

@@ -164,3 +164,56 @@ async fn api_keys_are_required_when_configured() {
     assert_eq!(status, 200, "health needs no key");
     app.finish().await;
 }
+
+/// Single events posted at the same moment share write transactions. Each must still be
+/// stored once, start its journey once, and an unknown contact among them must fail alone
+/// without costing the others their writes.
+async fn concurrent_single_events_are_each_stored_once(db: Db) {
+    let app = TestApp::spawn(db).await;
+    app.contacts_batch(40, |i| format!("c-{i}")).await;
+    let mut posts = tokio::task::JoinSet::new();
+    for round in 0..2 {
+        for i in 0..50 {
+            // c-40..c-49 do not exist; every event is posted twice with the same id.
+            let body = json!({"id": format!("e-{i}"), "contact_id": format!("c-{i}"), "name": "signed_up"});
+            let (http, url) = (app.http.clone(), app.url("/v1/events"));
+            posts.spawn(async move {
+                let response = http.post(url).json(&body).send().await.expect("request");
+                (round, i, response.status().as_u16())
+            });
+        }
+    }
+    let mut unknown = 0;
+    while let Some(answer) = posts.join_next().await {
+        let (round, i, status) = answer.expect("post task");
+        if i >= 40 {
+            assert_eq!(status, 404, "event {i} of round {round}");
+            unknown += 1;
+        } else {
+            assert!(status == 202 || status == 200, "event {i}: {status}");
+        }
+    }
+    assert_eq!(unknown, 20);
+    app.run_due().await;
+    assert_eq!(app.smtp.messages().len(), 40);
+    for i in 0..40 {
+        let (_, contact) = app.get(&format!("/v1/contacts/c-{i}")).await;
+        assert_eq!(
+            contact["journeys"].as_array().map(Vec::len),
+            Some(1),
+            "c-{i}"
+        );
+    }
+    // The refused events left nothing behind: once their contacts exist, the same ids are new.
+    for i in 40..50 {
+        app.contact(&format!("c-{i}"), &format!("u{i}@example.com"), json!({}))
+            .await;
+        let body =
+            json!({"id": format!("e-{i}"), "contact_id": format!("c-{i}"), "name": "signed_up"});
+        let (status, answer) = app.post("/v1/events", body).await;
+        assert_eq!(status, 202, "e-{i}: {answer}");
+        assert_eq!(answer["event"]["duplicate"], false);
+    }
+    app.finish().await;
+}
+both_backends!(concurrent_single_events_are_each_stored_once);
