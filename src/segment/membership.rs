@@ -15,7 +15,9 @@ use super::evaluate::{Fact, Facts, evaluate_all};
 use super::profile::{Observed, Profile, Purchaser, Stage, high_value_threshold, rfm_scores};
 use super::{ENTERED, EXITED};
 use crate::core::Core;
-use crate::store::{Contact, Event, FactRead, FactRow, Job, Result, Tx, earliest, job_status};
+use crate::store::{
+    Backend, Contact, Event, FactRead, FactRow, Job, Result, Tx, earliest, job_status,
+};
 use crate::workflow::engine::Outcome;
 use crate::workflow::timing::{next_cron, parse_cron};
 use crate::workflow::trigger::{contact_view, on_event as journeys_on_event};
@@ -383,10 +385,23 @@ async fn evaluate_batch(
     cause: Cause,
     now: DateTime<Utc>,
 ) -> Result<()> {
+    let (decisions, _) = decide_batch(tx, core, contacts, rebuild, now).await?;
+    store(tx, core, &decisions, cause, now).await
+}
+
+/// Reads what `contacts` are evaluated on and decides each, writing nothing. Also returns the
+/// memberships the decisions were taken against.
+async fn decide_batch(
+    tx: &mut Tx,
+    core: &Core,
+    contacts: &[Contact],
+    rebuild: bool,
+    now: DateTime<Utc>,
+) -> Result<(Vec<Decision>, HashMap<String, BTreeSet<String>>)> {
     let ids: Vec<String> = contacts.iter().map(|c| c.id.clone()).collect();
     let reads = fact_reads(core, rebuild, now);
     let mut facts = group_facts(tx.facts(&ids, &as_reads(&reads)).await?);
-    let mut members = current_members(tx, &ids).await?;
+    let members = current_members(tx, &ids).await?;
     let sends = tx.sent_counts(&ids).await?;
     let high_value = threshold(tx, core).await?;
     let (tiers, engaged, stages) = if rebuild {
@@ -402,7 +417,7 @@ async fn evaluate_batch(
     for contact in contacts {
         let state = ContactState {
             events: facts.remove(&contact.id).unwrap_or_default(),
-            members: members.remove(&contact.id).unwrap_or_default(),
+            members: members.get(&contact.id).cloned().unwrap_or_default(),
         };
         let profile = if rebuild {
             let reached = Reached {
@@ -418,7 +433,7 @@ async fn evaluate_batch(
             core, contact, profile, &state, sent, high_value, now,
         ));
     }
-    store(tx, core, &decisions, cause, now).await
+    Ok((decisions, members))
 }
 
 /// Which events to read, by name: since when, and whether with properties. Segments need each
@@ -616,35 +631,164 @@ pub async fn run_job(core: &Core, job: &Job) -> Result<Outcome> {
 
 /// Recomputes every contact's profile and memberships, one batch per transaction with the
 /// cursor stored alongside, then queues a population refresh.
+///
+/// On SQLite the next batch is read and decided on a reader connection while the writer stores
+/// the current one (see [`Ahead`]); PostgreSQL reads each batch in its write transaction.
 async fn recompute(core: &Core, job: &Job) -> Result<Outcome> {
     let mut payload = job.payload.0.clone();
+    let cursor = payload["cursor"].as_str().unwrap_or_default().to_owned();
+    let pipelined = core.store.backend() == Backend::Sqlite;
+    let mut ahead = match pipelined {
+        true => Some(Ahead::read(core, &cursor).await?),
+        false => None,
+    };
+    let mut cursor = cursor;
     loop {
+        let (stored, next) = match ahead.take() {
+            Some(batch) => {
+                let last = batch.contacts.last().map(|c| c.id.clone());
+                let more = batch.contacts.len() == BATCH;
+                let read_next = async {
+                    match (more, &last) {
+                        (true, Some(last)) => Ahead::read(core, last).await.map(Some),
+                        _ => Ok(None),
+                    }
+                };
+                let (stored, next) = tokio::join!(batch.write(core, job, &mut payload), read_next);
+                (stored?, next?)
+            }
+            None => {
+                let now = core.clock.now();
+                let mut tx = core.store.write().await?;
+                let contacts = tx.contacts_after(&cursor, BATCH as i64, false).await?;
+                evaluate_batch(&mut tx, core, &contacts, true, Cause::Recompute, now).await?;
+                if let Some(last) = contacts.last() {
+                    cursor = last.id.clone();
+                    payload["cursor"] = json!(last.id);
+                }
+                let done = contacts.len() < BATCH;
+                (
+                    finish_batch(tx, core, job, &payload, done, now).await?,
+                    None,
+                )
+            }
+        };
+        if let Some(outcome) = stored {
+            return Ok(outcome);
+        }
+        ahead = next;
+    }
+}
+
+/// Ends a recompute batch's write transaction: renews the lease with the cursor, and after the
+/// last batch finishes the job and queues a population refresh. `Some` when the job is over.
+async fn finish_batch(
+    mut tx: Tx,
+    core: &Core,
+    job: &Job,
+    payload: &Value,
+    done: bool,
+    now: DateTime<Utc>,
+) -> Result<Option<Outcome>> {
+    if !tx
+        .renew_job(&job.id, &core.worker_id, now + core.lease, payload)
+        .await?
+    {
+        tx.rollback().await?;
+        return Ok(Some(Outcome::LeaseLost));
+    }
+    if !done {
+        tx.commit().await?;
+        return Ok(None);
+    }
+    tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
+        .await?;
+    tx.insert_job(&self::job(REFRESH_JOB, now, core.max_attempts))
+        .await?;
+    tx.commit().await?;
+    core.wake_scheduler();
+    Ok(Some(Outcome::Done))
+}
+
+/// A recompute batch read and decided on a snapshot, ahead of its write transaction. What
+/// changed for one of its contacts in between is found again in the write transaction and
+/// that contact decided anew there: a newer event (events are numbered in the order they are
+/// stored), a changed contact row or profile, or a changed membership.
+struct Ahead {
+    contacts: Vec<Contact>,
+    decisions: Vec<Decision>,
+    members: HashMap<String, BTreeSet<String>>,
+    /// The newest event in the snapshot.
+    events_seen: i64,
+    now: DateTime<Utc>,
+}
+
+impl Ahead {
+    async fn read(core: &Core, cursor: &str) -> Result<Ahead> {
         let now = core.clock.now();
-        let cursor = payload["cursor"].as_str().unwrap_or_default().to_owned();
+        let mut tx = core.store.read().await?;
+        // Only on SQLite (see `recompute`), where events are numbered.
+        let events_seen = tx.newest_event_number().await?.unwrap_or_default();
+        let contacts = tx.contacts_after(cursor, BATCH as i64, false).await?;
+        let (decisions, members) = decide_batch(&mut tx, core, &contacts, true, now).await?;
+        tx.commit().await?;
+        Ok(Ahead {
+            contacts,
+            decisions,
+            members,
+            events_seen,
+            now,
+        })
+    }
+
+    /// Stores the batch in a write transaction, deciding anew the contacts that changed since
+    /// it was read.
+    async fn write(self, core: &Core, job: &Job, payload: &mut Value) -> Result<Option<Outcome>> {
+        let now = self.now;
         let mut tx = core.store.write().await?;
-        let contacts = tx.contacts_after(&cursor, BATCH as i64, false).await?;
-        evaluate_batch(&mut tx, core, &contacts, true, Cause::Recompute, now).await?;
-        if let Some(last) = contacts.last() {
+        let ids: Vec<String> = self.contacts.iter().map(|c| c.id.clone()).collect();
+        let mut changed: BTreeSet<String> = tx
+            .contacts_with_events_after(self.events_seen)
+            .await?
+            .into_iter()
+            .collect();
+        let members = current_members(&mut tx, &ids).await?;
+        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let fresh: HashMap<String, Contact> = tx
+            .contacts_by_ids(&id_refs)
+            .await?
+            .into_iter()
+            .map(|c| (c.id.clone(), c))
+            .collect();
+        for contact in &self.contacts {
+            let id = &contact.id;
+            let moved = fresh.get(id).is_none_or(|f| {
+                f.updated_at != contact.updated_at || f.profile.0 != contact.profile.0
+            });
+            if moved || members.get(id) != self.members.get(id) {
+                changed.insert(id.clone());
+            }
+        }
+        let mut decisions: Vec<Decision> = self
+            .decisions
+            .into_iter()
+            .filter(|d| !changed.contains(&d.contact.id))
+            .collect();
+        let again: Vec<Contact> = self
+            .contacts
+            .iter()
+            .filter(|c| changed.contains(&c.id))
+            .filter_map(|c| fresh.get(&c.id).cloned())
+            .collect();
+        if !again.is_empty() {
+            decisions.extend(decide_batch(&mut tx, core, &again, true, now).await?.0);
+        }
+        store(&mut tx, core, &decisions, Cause::Recompute, now).await?;
+        if let Some(last) = self.contacts.last() {
             payload["cursor"] = json!(last.id);
         }
-        let done = contacts.len() < BATCH;
-        if !tx
-            .renew_job(&job.id, &core.worker_id, now + core.lease, &payload)
-            .await?
-        {
-            tx.rollback().await?;
-            return Ok(Outcome::LeaseLost);
-        }
-        if done {
-            tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
-                .await?;
-            tx.insert_job(&self::job(REFRESH_JOB, now, core.max_attempts))
-                .await?;
-            tx.commit().await?;
-            core.wake_scheduler();
-            return Ok(Outcome::Done);
-        }
-        tx.commit().await?;
+        let done = self.contacts.len() < BATCH;
+        finish_batch(tx, core, job, payload, done, now).await
     }
 }
 
@@ -729,4 +873,110 @@ async fn refresh_population(core: &Core, job: &Job) -> Result<Outcome> {
     tx.commit().await?;
     core.wake_scheduler();
     Ok(Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeDelta, TimeZone};
+
+    use super::*;
+    use crate::app::{Application, Role};
+    use crate::clock::{Clock, ManualClock};
+    use crate::config::Settings;
+    use crate::ingest::{ContactInput, EventInput};
+    use crate::store::job_status;
+
+    /// How many segments `c-1` is in, and its membership events named `name`.
+    async fn members_and_events(core: &Core, name: &str) -> (usize, Vec<Event>) {
+        let mut tx = core.store.read().await.expect("read");
+        let members = tx.memberships(&["c-1".to_owned()]).await.expect("members");
+        let events = tx.contact_events("c-1", name, None).await.expect("events");
+        tx.commit().await.expect("commit");
+        (members.len(), events)
+    }
+
+    /// A recompute batch read ahead of its write transaction must not store what it read when
+    /// an event changed the contact in between. Here the snapshot holds an imported view (stored
+    /// without effects, as an import stores it), so the batch decides that the contact enters;
+    /// then a live event makes it enter first. The write must not record a second entry, and
+    /// the window must still run out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_read_ahead_is_decided_again_for_contacts_changed_since() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("segments")).expect("segments dir");
+        std::fs::write(
+            dir.path().join("segments/browsers.yaml"),
+            "name: browsers\nmatch:\n  - event: page_viewed\n    within: 30d\n",
+        )
+        .expect("segment");
+        let url = format!("sqlite://{}", dir.path().join("herald.db").display());
+        let env = vec![("HERALD_DATABASE__URL".to_owned(), url)];
+        let settings = Settings::load_with_env(dir.path(), None, &env).expect("settings");
+        let start = Utc
+            .with_ymd_and_hms(2026, 3, 1, 9, 0, 0)
+            .single()
+            .expect("time");
+        let clock = ManualClock::new(start);
+        let app = Application::build(
+            settings,
+            dir.path(),
+            Clock::Manual(clock.clone()),
+            Role::Worker,
+        )
+        .await
+        .expect("app");
+        let core = app.core;
+        crate::scheduler::run_due(&core)
+            .await
+            .expect("first recompute");
+        let contact = ContactInput {
+            id: "c-1".to_owned(),
+            email: Some("ana@example.com".to_owned()),
+            attributes: None,
+            subscribed: None,
+        };
+        core.upsert_contacts(vec![contact]).await.expect("contact");
+        let imported = Event {
+            id: "imported-1".to_owned(),
+            contact_id: "c-1".to_owned(),
+            name: "page_viewed".to_owned(),
+            properties: Json(json!({})),
+            occurred_at: start - TimeDelta::days(1),
+            received_at: start - TimeDelta::days(1),
+        };
+        let mut tx = core.store.write().await.expect("write");
+        tx.import_events(&[imported]).await.expect("import");
+        tx.commit().await.expect("commit");
+
+        let ahead = Ahead::read(&core, "").await.expect("read ahead");
+        let view = EventInput {
+            id: None,
+            contact_id: "c-1".to_owned(),
+            name: "page_viewed".to_owned(),
+            properties: None,
+            timestamp: None,
+        };
+        core.ingest_events(vec![view]).await.expect("event");
+        let mut job = job(RECOMPUTE_JOB, start, 3);
+        job.status = job_status::RUNNING.to_owned();
+        job.locked_by = Some(core.worker_id.clone());
+        job.locked_until = Some(start + TimeDelta::minutes(5));
+        let mut tx = core.store.write().await.expect("write");
+        tx.insert_job(&job).await.expect("job");
+        tx.commit().await.expect("commit");
+        let mut payload = job.payload.0.clone();
+        let outcome = ahead.write(&core, &job, &mut payload).await.expect("write");
+        assert!(matches!(outcome, Some(Outcome::Done)));
+
+        let (members, entries) = members_and_events(&core, ENTERED).await;
+        assert_eq!(members, 1);
+        assert_eq!(entries.len(), 1, "one entry, by the live event");
+
+        clock.advance(TimeDelta::days(31));
+        sweep(&core).await.expect("sweep");
+        let (members, exits) = members_and_events(&core, EXITED).await;
+        assert_eq!(members, 0);
+        assert_eq!(exits.len(), 1);
+        core.shutdown().await;
+    }
 }

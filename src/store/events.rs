@@ -89,4 +89,42 @@ impl Tx {
             .await?
         }))
     }
+
+    /// SQLite numbers rows in the order they are stored (`rowid`; events are never deleted),
+    /// so this number marks a point in the stream of events: [`Tx::contacts_with_events_after`]
+    /// finds what was stored since. PostgreSQL keeps no such order: `None` there.
+    pub async fn newest_event_number(&mut self) -> Result<Option<i64>> {
+        match self {
+            Tx::Sqlite(t) => {
+                // A bare MAX(rowid) is one seek to the end of the table; wrapped in another
+                // function (COALESCE) SQLite would scan every row instead.
+                let (n,): (Option<i64>,) = sqlx::query_as("SELECT MAX(rowid) FROM events")
+                    .fetch_one(&mut **t)
+                    .await?;
+                Ok(Some(n.unwrap_or_default()))
+            }
+            Tx::Postgres(_) => Ok(None),
+        }
+    }
+
+    /// Contacts with an event stored after [`Tx::newest_event_number`] answered `after`
+    /// (SQLite; nothing on PostgreSQL). A range of the table's own b-tree, not an index scan.
+    pub async fn contacts_with_events_after(&mut self, after: i64) -> Result<Vec<String>> {
+        match self {
+            Tx::Sqlite(t) => {
+                // NOT INDEXED: SQLite would rather walk all of the (contact_id, …) index for the
+                // DISTINCT than seek the few newest rows of the table.
+                let rows: Vec<(String,)> =
+                    sqlx::query_as("SELECT contact_id FROM events NOT INDEXED WHERE rowid > $1")
+                        .bind(after)
+                        .fetch_all(&mut **t)
+                        .await?;
+                let mut ids: Vec<String> = rows.into_iter().map(|(id,)| id).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                Ok(ids)
+            }
+            Tx::Postgres(_) => Ok(Vec::new()),
+        }
+    }
 }
