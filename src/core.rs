@@ -62,7 +62,7 @@ pub struct Core {
     pub policy: crate::policy::Policy,
     /// Open and click hits on their way to the database.
     pub hits: crate::tracking::hits::HitQueue,
-    /// Journey steps and send receipts that workers reach together commit in one
+    /// Journey steps, send receipts and single API events that arrive together commit in one
     /// transaction.
     pub group: crate::store::GroupCommit<Core>,
     pub(crate) waker: crate::scheduler::wake::Waker,

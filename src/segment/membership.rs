@@ -636,22 +636,21 @@ pub async fn run_job(core: &Core, job: &Job) -> Result<Outcome> {
 /// the current one (see [`Ahead`]); PostgreSQL reads each batch in its write transaction.
 async fn recompute(core: &Core, job: &Job) -> Result<Outcome> {
     let mut payload = job.payload.0.clone();
-    let cursor = payload["cursor"].as_str().unwrap_or_default().to_owned();
-    let pipelined = core.store.backend() == Backend::Sqlite;
-    let mut ahead = match pipelined {
-        true => Some(Ahead::read(core, &cursor).await?),
-        false => None,
+    let mut ahead = match core.store.backend() {
+        Backend::Sqlite => Some(Ahead::read(core, cursor(&payload)).await?),
+        Backend::Postgres => None,
     };
-    let mut cursor = cursor;
     loop {
         let (stored, next) = match ahead.take() {
             Some(batch) => {
-                let last = batch.contacts.last().map(|c| c.id.clone());
-                let more = batch.contacts.len() == BATCH;
+                // Only a full batch can have one after it.
+                let last = (batch.contacts.len() == BATCH)
+                    .then(|| batch.contacts.last().map(|c| c.id.clone()))
+                    .flatten();
                 let read_next = async {
-                    match (more, &last) {
-                        (true, Some(last)) => Ahead::read(core, last).await.map(Some),
-                        _ => Ok(None),
+                    match last {
+                        Some(last) => Ahead::read(core, &last).await.map(Some),
+                        None => Ok(None),
                     }
                 };
                 let (stored, next) = tokio::join!(batch.write(core, job, &mut payload), read_next);
@@ -660,17 +659,13 @@ async fn recompute(core: &Core, job: &Job) -> Result<Outcome> {
             None => {
                 let now = core.clock.now();
                 let mut tx = core.store.write().await?;
-                let contacts = tx.contacts_after(&cursor, BATCH as i64, false).await?;
-                evaluate_batch(&mut tx, core, &contacts, true, Cause::Recompute, now).await?;
-                if let Some(last) = contacts.last() {
-                    cursor = last.id.clone();
-                    payload["cursor"] = json!(last.id);
-                }
-                let done = contacts.len() < BATCH;
-                (
-                    finish_batch(tx, core, job, &payload, done, now).await?,
-                    None,
-                )
+                let contacts = tx
+                    .contacts_after(cursor(&payload), BATCH as i64, false)
+                    .await?;
+                let (decisions, _) = decide_batch(&mut tx, core, &contacts, true, now).await?;
+                let stored =
+                    store_batch(tx, core, job, &mut payload, &contacts, &decisions, now).await?;
+                (stored, None)
             }
         };
         if let Some(outcome) = stored {
@@ -680,16 +675,27 @@ async fn recompute(core: &Core, job: &Job) -> Result<Outcome> {
     }
 }
 
-/// Ends a recompute batch's write transaction: renews the lease with the cursor, and after the
-/// last batch finishes the job and queues a population refresh. `Some` when the job is over.
-async fn finish_batch(
+/// The id after which a recompute continues.
+fn cursor(payload: &Value) -> &str {
+    payload["cursor"].as_str().unwrap_or_default()
+}
+
+/// Stores a recompute batch's decisions and ends its write transaction: renews the lease with
+/// the cursor moved past `contacts`, and after the last batch finishes the job and queues a
+/// population refresh. `Some` when the job is over.
+async fn store_batch(
     mut tx: Tx,
     core: &Core,
     job: &Job,
-    payload: &Value,
-    done: bool,
+    payload: &mut Value,
+    contacts: &[Contact],
+    decisions: &[Decision],
     now: DateTime<Utc>,
 ) -> Result<Option<Outcome>> {
+    store(&mut tx, core, decisions, Cause::Recompute, now).await?;
+    if let Some(last) = contacts.last() {
+        payload["cursor"] = json!(last.id);
+    }
     if !tx
         .renew_job(&job.id, &core.worker_id, now + core.lease, payload)
         .await?
@@ -697,7 +703,7 @@ async fn finish_batch(
         tx.rollback().await?;
         return Ok(Some(Outcome::LeaseLost));
     }
-    if !done {
+    if contacts.len() == BATCH {
         tx.commit().await?;
         return Ok(None);
     }
@@ -783,12 +789,7 @@ impl Ahead {
         if !again.is_empty() {
             decisions.extend(decide_batch(&mut tx, core, &again, true, now).await?.0);
         }
-        store(&mut tx, core, &decisions, Cause::Recompute, now).await?;
-        if let Some(last) = self.contacts.last() {
-            payload["cursor"] = json!(last.id);
-        }
-        let done = self.contacts.len() < BATCH;
-        finish_batch(tx, core, job, payload, done, now).await
+        store_batch(tx, core, job, payload, &self.contacts, &decisions, now).await
     }
 }
 
