@@ -66,6 +66,10 @@ impl Application {
         let store = Store::connect(
             &resolve_db_url(&settings.database.url, dir),
             settings.database.max_connections,
+            settings
+                .database
+                .writer_cpu()
+                .map_err(crate::core::BuildError::Setting)?,
         )
         .await?;
         store.migrate().await?;
@@ -86,6 +90,7 @@ impl Application {
             (Some(listener), Some(addr))
         };
         let core = Arc::new(Core::new(settings, store, clock, project, dir).await?);
+        core.group.bind(&core);
         crate::scheduler::sync_definitions(&core).await?;
         crate::segment::membership::sync_definitions(&core).await?;
         Ok(Application {

@@ -40,6 +40,19 @@ pub struct DatabaseSettings {
     pub url: String,
     /// Connection pool size (PostgreSQL, and SQLite readers).
     pub max_connections: u32,
+    /// SQLite: the CPU the writer thread keeps to, `auto`, `off` or a CPU number.
+    pub writer_cpu: String,
+}
+
+impl DatabaseSettings {
+    pub fn writer_cpu(&self) -> Result<crate::store::WriterCpu, String> {
+        crate::store::WriterCpu::parse(&self.writer_cpu).ok_or_else(|| {
+            format!(
+                "database.writer_cpu: `{}` is not `auto`, `off` or a CPU number",
+                self.writer_cpu
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -574,6 +587,7 @@ const DEFAULTS: &str = r#"
 [database]
 url = "sqlite://herald.db"
 max_connections = 16
+writer_cpu = "auto"
 
 [server]
 listen = "127.0.0.1:8080"
@@ -681,6 +695,7 @@ impl Settings {
 
     /// Checks what serde cannot: references between settings and value formats.
     fn check(&self) -> Result<(), String> {
+        self.database.writer_cpu()?;
         if !self.transports.contains_key(&self.sending.transport) {
             return Err(format!(
                 "sending.transport: no transport named `{}` (configured: {})",
@@ -899,6 +914,26 @@ private_key_file = "dkim.pem"
         // Secrets never reach Debug output.
         let debug = format!("{settings:?}");
         assert!(!debug.contains("-secret"), "{debug}");
+    }
+
+    #[test]
+    fn the_writer_cpu_is_auto_off_or_a_number() {
+        use crate::store::WriterCpu;
+        let cpu = |toml: &str, env: &[(&str, &str)]| load(toml, env)?.database.writer_cpu();
+        assert_eq!(cpu("", &[]), Ok(WriterCpu::Auto));
+        assert_eq!(
+            cpu("[database]\nwriter_cpu = \"off\"", &[]),
+            Ok(WriterCpu::Off)
+        );
+        assert_eq!(
+            cpu("", &[("HERALD_DATABASE__WRITER_CPU", "1")]),
+            Ok(WriterCpu::Cpu(1))
+        );
+        let err = load("[database]\nwriter_cpu = \"fast\"", &[]).unwrap_err();
+        assert!(
+            err.contains("herald.toml") && err.contains("database.writer_cpu: `fast`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::store::Store;
 pub async fn run(dir: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(dir, config)?;
     let url = resolve_db_url(&settings.database.url, dir);
-    let store = Store::connect(&url, 2)
+    let store = Store::connect(&url, 2, Default::default())
         .await
         .with_context(|| format!("cannot open {}", settings.database.url))?;
     store.migrate().await.context("migration failed")?;

@@ -23,7 +23,7 @@ pub async fn run(dir: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode> 
         }
     };
     let url = resolve_db_url(&settings.database.url, dir);
-    let store = Store::connect(&url, 2)
+    let store = Store::connect(&url, 2, Default::default())
         .await
         .with_context(|| format!("cannot open {}", settings.database.url))?;
     store.migrate().await.context("migration failed")?;

@@ -5,13 +5,16 @@
 //! background task: the first submitter to get the leader lock runs everything queued so far,
 //! and the others find their result ready when they get it.
 //!
+//! On SQLite the batch runs on the writer thread ([`super::WriterThread`]), next to the
+//! connection's own thread, so its statements do not cross CPUs.
+//!
 //! Each operation must be re-runnable: when any operation of a batch fails, or the commit does,
 //! the batch is rolled back and every operation runs again alone, so one failure never costs
 //! another its write.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use tokio::sync::oneshot;
 
@@ -35,6 +38,9 @@ const MAX_BATCH: usize = 256;
 pub struct GroupCommit<C> {
     queue: Mutex<Vec<Pending<C>>>,
     leader: tokio::sync::Mutex<()>,
+    /// The shared context, once it is in an `Arc`: batches need an owned one to run on the
+    /// writer thread.
+    owner: OnceLock<Weak<C>>,
 }
 
 impl<C> Default for GroupCommit<C> {
@@ -42,11 +48,18 @@ impl<C> Default for GroupCommit<C> {
         GroupCommit {
             queue: Mutex::new(Vec::new()),
             leader: tokio::sync::Mutex::new(()),
+            owner: OnceLock::new(),
         }
     }
 }
 
-impl<C: Sync> GroupCommit<C> {
+impl<C: Send + Sync + 'static> GroupCommit<C> {
+    /// Lets batches run on the store's writer thread, with `owner` as their context. Until
+    /// then they run on the submitting task.
+    pub fn bind(&self, owner: &Arc<C>) {
+        let _ = self.owner.set(Arc::downgrade(owner));
+    }
+
     /// Runs `op` in a write transaction of `store`, possibly together with other operations
     /// submitted meanwhile, and answers once that transaction committed (or `op` failed).
     pub async fn run<T, F>(&self, ctx: &C, store: &Store, mut op: F) -> Result<T>
@@ -91,7 +104,19 @@ impl<C: Sync> GroupCommit<C> {
                 let n = queue.len().min(MAX_BATCH);
                 queue.drain(..n).collect()
             };
-            run_batch(ctx, store, batch).await;
+            match (
+                store.writer_thread(),
+                self.owner.get().and_then(Weak::upgrade),
+            ) {
+                (Some(thread), Some(owner)) => {
+                    let store = store.clone();
+                    // A batch the thread drops answers its submitters `Abandoned`.
+                    let _ = thread
+                        .run(async move { run_batch(owner.as_ref(), &store, batch).await })
+                        .await;
+                }
+                _ => run_batch(ctx, store, batch).await,
+            }
             drop(leader);
         }
         let value = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
@@ -138,4 +163,68 @@ async fn alone<C: Sync>(ctx: &C, store: &Store, op: &mut Op<C>) -> Result<()> {
     let mut tx = store.write().await?;
     op(ctx, &mut tx).await?;
     tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::WriterCpu;
+
+    /// The thread a grouped write ran on, and the CPUs it was allowed.
+    async fn where_a_grouped_write_runs(cpu: WriterCpu) -> (Option<String>, String) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::connect(&url, 2, cpu).await.expect("connect");
+        let owner = Arc::new(());
+        let group = GroupCommit::<()>::default();
+        group.bind(&owner);
+        let seen = group
+            .run(&owner, &store, |_, tx| {
+                Box::pin(async move {
+                    super::super::on_conn!(tx, c => { sqlx::query("SELECT 1").execute(&mut *c).await?; });
+                    let status = std::fs::read_to_string("/proc/thread-self/status")
+                        .unwrap_or_default();
+                    let allowed = status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned();
+                    Ok((std::thread::current().name().map(str::to_owned), allowed))
+                })
+            })
+            .await
+            .expect("grouped write");
+        store.close().await;
+        seen
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grouped_sqlite_writes_run_on_the_writer_thread() {
+        let (thread, allowed) = where_a_grouped_write_runs(WriterCpu::Off).await;
+        assert_eq!(thread.as_deref(), Some("herald-writer"));
+        let all = allowed;
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        if let Some(last) = cores.last().filter(|_| cores.len() > 1) {
+            // Pinned by default to the last CPU the process may use.
+            let (_, pinned) = where_a_grouped_write_runs(WriterCpu::Auto).await;
+            assert_eq!(pinned, last.id.to_string());
+            assert_ne!(pinned, all);
+            let first = cores[0].id;
+            let (_, chosen) = where_a_grouped_write_runs(WriterCpu::Cpu(first)).await;
+            assert_eq!(chosen, first.to_string());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cpu_the_process_may_not_use_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let err = Store::connect(&url, 2, WriterCpu::Cpu(100_000))
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("database.writer_cpu: CPU 100000"), "{err}");
+    }
 }

@@ -15,6 +15,7 @@ mod notify;
 mod pace;
 mod segments;
 mod triggers;
+mod writer;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub use jobs::{NextDue, earliest};
 pub use models::*;
 pub use notify::WorkListener;
 pub use segments::{FactRead, FactRow};
+pub use writer::{WriterCpu, WriterThread};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,6 +44,8 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("database name `{0}`: use lowercase letters, digits and `_`")]
     DatabaseName(String),
+    #[error("the SQLite writer thread: {0}")]
+    WriterThread(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -57,6 +61,8 @@ pub enum Backend {
 pub enum Store {
     Sqlite {
         writer: SqlitePool,
+        /// The thread the writer connection was opened from, where grouped writes run.
+        writer_thread: Arc<WriterThread>,
         reader: SqlitePool,
         checkpoints: Arc<checkpoint::Checkpointer>,
     },
@@ -88,8 +94,9 @@ macro_rules! on_conn {
 pub(crate) use on_conn;
 
 impl Store {
-    /// Opens the database named by `url` (`sqlite://path` or `postgres://…`).
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+    /// Opens the database named by `url` (`sqlite://path` or `postgres://…`); on SQLite the
+    /// writer thread keeps to `writer_cpu`.
+    pub async fn connect(url: &str, max_connections: u32, writer_cpu: WriterCpu) -> Result<Store> {
         if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -102,20 +109,27 @@ impl Store {
             // A SQLite connection is a file handle in this process: it cannot go stale the way
             // a network connection can, so the pool does not ping it before every transaction
             // (each ping is a round trip to its thread).
-            let writer = SqlitePoolOptions::new()
-                .max_connections(1)
-                .test_before_acquire(false)
-                .connect_with(
-                    options
-                        .clone()
-                        .pragma("cache_size", "-65536")
-                        .pragma("temp_store", "memory")
-                        .pragma(
-                            "wal_autocheckpoint",
-                            checkpoint::WRITER_AUTOCHECKPOINT.to_string(),
-                        ),
-                )
-                .await?;
+            let writer_options = options
+                .clone()
+                .pragma("cache_size", "-65536")
+                .pragma("temp_store", "memory")
+                .pragma(
+                    "wal_autocheckpoint",
+                    checkpoint::WRITER_AUTOCHECKPOINT.to_string(),
+                );
+            // Opened on the writer thread so sqlx's worker thread for it shares that thread's
+            // CPU; kept open for good, so it is never reopened from another thread.
+            let (writer_thread, writer) = WriterThread::start(writer_cpu, move || async move {
+                Ok(SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .test_before_acquire(false)
+                    .connect_with(writer_options)
+                    .await?)
+            })
+            .await?;
             let checkpoints = Arc::new(checkpoint::Checkpointer::spawn(options.clone()));
             let reader = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(2))
@@ -124,6 +138,7 @@ impl Store {
                 .await?;
             Ok(Store::Sqlite {
                 writer,
+                writer_thread: Arc::new(writer_thread),
                 reader,
                 checkpoints,
             })
@@ -144,6 +159,14 @@ impl Store {
         match self {
             Store::Sqlite { .. } => Backend::Sqlite,
             Store::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The thread where grouped SQLite writes run; none on PostgreSQL.
+    pub fn writer_thread(&self) -> Option<&WriterThread> {
+        match self {
+            Store::Sqlite { writer_thread, .. } => Some(writer_thread),
+            Store::Postgres(_) => None,
         }
     }
 
@@ -191,11 +214,13 @@ impl Store {
         match self {
             Store::Sqlite {
                 writer,
+                writer_thread,
                 reader,
                 checkpoints,
             } => {
                 checkpoints.stop();
                 writer.close().await;
+                writer_thread.stop();
                 reader.close().await;
             }
             Store::Postgres(pool) => pool.close().await,

@@ -92,7 +92,9 @@ async fn a_transport_rate_holds_across_nodes() {
     // Two nodes: each its own pool and its own limiter for the transport, 5 sends a second.
     let mut limiters = Vec::new();
     for _ in 0..2 {
-        let store = Store::connect(&db.url, 4).await.expect("connect");
+        let store = Store::connect(&db.url, 4, Default::default())
+            .await
+            .expect("connect");
         store.migrate().await.expect("migrate");
         limiters.push(Arc::new(
             Limiter::new(Some(5.0), None).shared(&store, "smtp"),

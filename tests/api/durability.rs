@@ -372,9 +372,13 @@ both_backends!(grouped_writes_commit_together_and_a_failure_costs_no_other_write
 async fn sqlite_commits_are_checkpointed_in_the_background() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("herald.db");
-    let store = herald::store::Store::connect(&format!("sqlite://{}", path.display()), 2)
-        .await
-        .expect("connect");
+    let store = herald::store::Store::connect(
+        &format!("sqlite://{}", path.display()),
+        2,
+        Default::default(),
+    )
+    .await
+    .expect("connect");
     store.migrate().await.expect("migrate");
     let file_size = || std::fs::metadata(&path).expect("database file").len();
     let before = file_size();
