@@ -12,8 +12,11 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, SqliteConnection};
 use tokio_util::sync::CancellationToken;
 
-/// How often the background checkpoint looks for committed pages to copy.
-const INTERVAL: Duration = Duration::from_millis(50);
+/// How often the background checkpoint copies committed pages. Each checkpoint disturbs the
+/// writer a little (per-event p99 1.9 ms at 50 ms against 1.45–1.7 ms at 500 ms, 200k contacts),
+/// and a page written many times in between is copied once; 500 ms still keeps the WAL far
+/// below the writer's own bound under a flood of tracking hits.
+const INTERVAL: Duration = Duration::from_millis(500);
 
 /// WAL pages after which the writer checkpoints in its commit, restarting the WAL: the bound
 /// on the WAL (4 KiB pages, 128 MiB) should the background checkpoint fall behind.
