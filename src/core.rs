@@ -1,6 +1,7 @@
 //! `Core`: everything a running Herald shares — settings, store, clock, workflows, templates,
 //! transports and token keys — plus the ingestion entry points the API calls.
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use crate::clock::Clock;
 use crate::config::{Settings, TransportKind, TransportSettings};
 use crate::message::dkim::DkimSigner;
 use crate::project::Project;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::template::TemplateRegistry;
 use crate::tracking::Tokens;
 use crate::transport::http::{HttpConfigError, HttpSettings};
@@ -124,6 +125,22 @@ impl Core {
             group: Default::default(),
             waker: Default::default(),
         })
+    }
+
+    /// Runs `work` on the SQLite writer thread, where the writer connection's statements do not
+    /// cross CPUs (see `store::WriterThread`); on PostgreSQL, on the calling task. `work` gets
+    /// the shared core, so it must be shared (as `Application::build` does).
+    pub(crate) async fn on_writer<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Core>) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let core = self.group.owner().ok_or(StoreError::Abandoned)?;
+        match self.store.writer_thread() {
+            Some(thread) => thread.run(work(core)).await?,
+            None => work(core).await,
+        }
     }
 
     /// Tells the scheduler that new or sooner work exists.

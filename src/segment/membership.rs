@@ -653,8 +653,16 @@ async fn recompute(core: &Core, job: &Job) -> Result<Outcome> {
                         None => Ok(None),
                     }
                 };
-                let (stored, next) = tokio::join!(batch.write(core, job, &mut payload), read_next);
-                (stored?, next?)
+                // The writes run on the writer thread, the reads here, side by side.
+                let job = job.clone();
+                let write = core.on_writer(move |core| async move {
+                    let stored = batch.write(&core, &job, &mut payload).await?;
+                    Ok((stored, payload))
+                });
+                let (written, next) = tokio::join!(write, read_next);
+                let (stored, moved) = written?;
+                payload = moved;
+                (stored, next?)
             }
             None => {
                 let now = core.clock.now();

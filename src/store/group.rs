@@ -60,6 +60,11 @@ impl<C: Send + Sync + 'static> GroupCommit<C> {
         let _ = self.owner.set(Arc::downgrade(owner));
     }
 
+    /// The context [`GroupCommit::bind`] was given, while it lives.
+    pub fn owner(&self) -> Option<Arc<C>> {
+        self.owner.get().and_then(Weak::upgrade)
+    }
+
     /// Runs `op` in a write transaction of `store`, possibly together with other operations
     /// submitted meanwhile, and answers once that transaction committed (or `op` failed).
     pub async fn run<T, F>(&self, ctx: &C, store: &Store, mut op: F) -> Result<T>
