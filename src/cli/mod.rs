@@ -102,8 +102,53 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes, joined by `: `. Most of Herald's errors already spell out their
+/// cause in their own message, so a cause whose text is already there is not repeated.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report;
+    use anyhow::Context;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("database: {0}")]
+        Store(#[from] std::io::Error),
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::other("disk on fire");
+        let e: anyhow::Result<()> = Err(Outer::from(io)).context("cannot start Herald");
+        let e = e.unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "cannot start Herald: database: disk on fire: disk on fire"
+        );
+        assert_eq!(report(&e), "cannot start Herald: database: disk on fire");
+        // A cause the message does not mention is kept.
+        let bare: anyhow::Result<()> =
+            Err(std::io::Error::other("refused")).context("cannot connect");
+        assert_eq!(report(&bare.unwrap_err()), "cannot connect: refused");
     }
 }
