@@ -39,6 +39,29 @@ pub fn backoff(attempts: i64, retry_after: Option<Duration>) -> TimeDelta {
     delay.max(floor)
 }
 
+/// Where a paging job (a recompute, a backfill) continues: the id after which its next batch
+/// starts.
+pub(crate) fn page_cursor(payload: &serde_json::Value) -> &str {
+    payload["cursor"].as_str().unwrap_or_default()
+}
+
+/// Moves a paging job's cursor past `last` (when its batch had one) and renews the job's lease
+/// in `tx`, so the two commit together. `false`: another worker holds the job now.
+pub(crate) async fn turn_page(
+    tx: &mut Tx,
+    core: &Core,
+    job: &Job,
+    payload: &mut serde_json::Value,
+    last: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    if let Some(last) = last {
+        payload["cursor"] = serde_json::json!(last);
+    }
+    tx.renew_job(&job.id, &core.worker_id, now + core.lease, payload)
+        .await
+}
+
 pub async fn mark_dead(tx: &mut Tx, job_id: &str, reason: &str, now: DateTime<Utc>) -> Result<()> {
     tx.mark_job_dead(job_id, reason, now).await
 }

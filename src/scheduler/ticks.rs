@@ -279,11 +279,7 @@ pub async fn run_paging_batch(
         tx.commit().await?;
         return Ok(Some(Outcome::Done));
     };
-    let cursor = payload
-        .get("cursor")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+    let cursor = super::page_cursor(payload).to_owned();
     let enrolling = job.kind == SCHEDULE_FIRE_JOB;
     let contacts = tx.contacts_after(&cursor, BATCH, enrolling).await?;
     let occurrence = payload
@@ -299,13 +295,8 @@ pub async fn run_paging_batch(
         }
     }
     let done = (contacts.len() as i64) < BATCH;
-    if let Some(last) = contacts.last() {
-        payload["cursor"] = json!(last.id);
-    }
-    if !tx
-        .renew_job(&job.id, &core.worker_id, now + core.lease, payload)
-        .await?
-    {
+    let last = contacts.last().map(|c| c.id.as_str());
+    if !super::turn_page(&mut tx, core, job, payload, last, now).await? {
         tx.rollback().await?;
         return Ok(Some(Outcome::LeaseLost));
     }

@@ -15,6 +15,7 @@ use super::evaluate::{Fact, Facts, evaluate_all};
 use super::profile::{Observed, Profile, Purchaser, Stage, high_value_threshold, rfm_scores};
 use super::{ENTERED, EXITED};
 use crate::core::Core;
+use crate::scheduler::{page_cursor, turn_page};
 use crate::store::{
     Backend, Contact, Event, FactRead, FactRow, Job, Result, Tx, earliest, job_status,
 };
@@ -637,7 +638,7 @@ pub async fn run_job(core: &Core, job: &Job) -> Result<Outcome> {
 async fn recompute(core: &Core, job: &Job) -> Result<Outcome> {
     let mut payload = job.payload.0.clone();
     let mut ahead = match core.store.backend() {
-        Backend::Sqlite => Some(Ahead::read(core, cursor(&payload)).await?),
+        Backend::Sqlite => Some(Ahead::read(core, page_cursor(&payload)).await?),
         Backend::Postgres => None,
     };
     loop {
@@ -668,7 +669,7 @@ async fn recompute(core: &Core, job: &Job) -> Result<Outcome> {
                 let now = core.clock.now();
                 let mut tx = core.store.write().await?;
                 let contacts = tx
-                    .contacts_after(cursor(&payload), BATCH as i64, false)
+                    .contacts_after(page_cursor(&payload), BATCH as i64, false)
                     .await?;
                 let (decisions, _) = decide_batch(&mut tx, core, &contacts, true, now).await?;
                 let stored =
@@ -681,11 +682,6 @@ async fn recompute(core: &Core, job: &Job) -> Result<Outcome> {
         }
         ahead = next;
     }
-}
-
-/// The id after which a recompute continues.
-fn cursor(payload: &Value) -> &str {
-    payload["cursor"].as_str().unwrap_or_default()
 }
 
 /// Stores a recompute batch's decisions and ends its write transaction: renews the lease with
@@ -701,13 +697,8 @@ async fn store_batch(
     now: DateTime<Utc>,
 ) -> Result<Option<Outcome>> {
     store(&mut tx, core, decisions, Cause::Recompute, now).await?;
-    if let Some(last) = contacts.last() {
-        payload["cursor"] = json!(last.id);
-    }
-    if !tx
-        .renew_job(&job.id, &core.worker_id, now + core.lease, payload)
-        .await?
-    {
+    let last = contacts.last().map(|c| c.id.as_str());
+    if !turn_page(&mut tx, core, job, payload, last, now).await? {
         tx.rollback().await?;
         return Ok(Some(Outcome::LeaseLost));
     }
