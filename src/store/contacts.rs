@@ -4,16 +4,14 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::{Contact, Result, Suppression, Tx, on_conn};
+use super::direct::Sql;
+use super::{Contact, Result, Suppression, Tx};
 
 impl Tx {
     pub async fn get_contact(&mut self, id: &str) -> Result<Option<Contact>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as::<_, Contact>("SELECT * FROM contacts WHERE id = $1")
-                .bind(id)
-                .fetch_optional(c)
-                .await?
-        }))
+        Ok(self
+            .optional::<Contact>(Sql::new("SELECT * FROM contacts WHERE id = $1").arg(id))
+            .await?)
     }
 
     /// Serializes decisions about one contact across transactions (PostgreSQL row lock; SQLite
@@ -36,22 +34,19 @@ impl Tx {
 
     /// Inserts or replaces the contact row as given.
     pub async fn put_contact(&mut self, contact: &Contact) -> Result<()> {
-        on_conn!(self, c => {
-            sqlx::query(
-                "INSERT INTO contacts (id, email, attributes, subscribed, created_at, updated_at)
+        self.run(
+            Sql::new("INSERT INTO contacts (id, email, attributes, subscribed, created_at, updated_at)
                  VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (id) DO UPDATE SET email = excluded.email, attributes = excluded.attributes,
-                   subscribed = excluded.subscribed, updated_at = excluded.updated_at",
-            )
-            .bind(&contact.id)
-            .bind(&contact.email)
-            .bind(&contact.attributes)
-            .bind(contact.subscribed)
-            .bind(contact.created_at)
-            .bind(contact.updated_at)
-            .execute(c)
-            .await?;
-        });
+                   subscribed = excluded.subscribed, updated_at = excluded.updated_at")
+            .arg(&contact.id)
+            .arg(&contact.email)
+            .arg(&contact.attributes)
+            .arg(contact.subscribed)
+            .arg(contact.created_at)
+            .arg(contact.updated_at),
+        )
+        .await?;
         Ok(())
     }
 
@@ -61,58 +56,51 @@ impl Tx {
         attributes: &Value,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        on_conn!(self, c => {
-            sqlx::query("UPDATE contacts SET attributes = $2, updated_at = $3 WHERE id = $1")
-                .bind(id)
-                .bind(Json(attributes))
-                .bind(now)
-                .execute(c)
-                .await?;
-        });
+        self.run(
+            Sql::new("UPDATE contacts SET attributes = $2, updated_at = $3 WHERE id = $1")
+                .arg(id)
+                .arg(Json(attributes))
+                .arg(now),
+        )
+        .await?;
         Ok(())
     }
 
     /// The suppression entry for `email` (compared case-insensitively), if any.
     pub async fn suppression(&mut self, email: &str) -> Result<Option<Suppression>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as::<_, Suppression>("SELECT * FROM suppressions WHERE email = $1")
-                .bind(email.to_lowercase())
-                .fetch_optional(c)
-                .await?
-        }))
+        Ok(self
+            .optional::<Suppression>(
+                Sql::new("SELECT * FROM suppressions WHERE email = $1").arg(email.to_lowercase()),
+            )
+            .await?)
     }
 
     /// Removes a suppression; answers whether there was one.
     pub async fn unsuppress(&mut self, email: &str) -> Result<bool> {
-        let n = on_conn!(self, c => {
-            sqlx::query("DELETE FROM suppressions WHERE email = $1")
-                .bind(email.to_lowercase())
-                .execute(c)
-                .await?
-                .rows_affected()
-        });
+        let n = self
+            .run(Sql::new("DELETE FROM suppressions WHERE email = $1").arg(email.to_lowercase()))
+            .await?;
         Ok(n == 1)
     }
 
     pub async fn suppressions(&mut self, after: &str, limit: i64) -> Result<Vec<Suppression>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as::<_, Suppression>("SELECT * FROM suppressions WHERE email > $1 ORDER BY email LIMIT $2")
-                .bind(after)
-                .bind(limit)
-                .fetch_all(c)
-                .await?
-        }))
+        Ok(self
+            .all::<Suppression>(
+                Sql::new("SELECT * FROM suppressions WHERE email > $1 ORDER BY email LIMIT $2")
+                    .arg(after)
+                    .arg(limit),
+            )
+            .await?)
     }
 
     /// Contacts with this address (case-insensitive domain; addresses are stored with a
     /// lowercased domain).
     pub async fn contacts_by_email(&mut self, email: &str) -> Result<Vec<Contact>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as::<_, Contact>("SELECT * FROM contacts WHERE lower(email) = lower($1)")
-                .bind(email)
-                .fetch_all(c)
-                .await?
-        }))
+        Ok(self
+            .all::<Contact>(
+                Sql::new("SELECT * FROM contacts WHERE lower(email) = lower($1)").arg(email),
+            )
+            .await?)
     }
 
     pub async fn suppress(
@@ -122,18 +110,15 @@ impl Tx {
         detail: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        on_conn!(self, c => {
-            sqlx::query(
-                "INSERT INTO suppressions (email, reason, detail, created_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (email) DO NOTHING",
-            )
-            .bind(email.to_lowercase())
-            .bind(reason)
-            .bind(detail)
-            .bind(now)
-            .execute(c)
-            .await?;
-        });
+        self.run(
+            Sql::new("INSERT INTO suppressions (email, reason, detail, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (email) DO NOTHING")
+            .arg(email.to_lowercase())
+            .arg(reason)
+            .arg(detail)
+            .arg(now),
+        )
+        .await?;
         Ok(())
     }
 }

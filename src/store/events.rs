@@ -2,26 +2,23 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Event, Result, Tx, on_conn};
+use super::direct::Sql;
+use super::{Backend, Event, Result, Tx, on_conn};
 
 impl Tx {
     /// Stores the event unless one with the same id exists; answers whether it was new.
     pub async fn insert_event(&mut self, event: &Event) -> Result<bool> {
-        let done = on_conn!(self, c => {
-            sqlx::query(
-                "INSERT INTO events (id, contact_id, name, properties, occurred_at, received_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&event.id)
-            .bind(&event.contact_id)
-            .bind(&event.name)
-            .bind(&event.properties)
-            .bind(event.occurred_at)
-            .bind(event.received_at)
-            .execute(c)
-            .await?
-            .rows_affected()
-        });
+        let done = self.run(
+            Sql::new("INSERT INTO events (id, contact_id, name, properties, occurred_at, received_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING")
+            .arg(&event.id)
+            .arg(&event.contact_id)
+            .arg(&event.name)
+            .arg(&event.properties)
+            .arg(event.occurred_at)
+            .arg(event.received_at),
+        )
+        .await?;
         Ok(done == 1)
     }
 
@@ -79,52 +76,46 @@ impl Tx {
 
     /// The contact's most recent events, newest first.
     pub async fn recent_events(&mut self, contact_id: &str, limit: i64) -> Result<Vec<Event>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as::<_, Event>(
-                "SELECT * FROM events WHERE contact_id = $1 ORDER BY occurred_at DESC LIMIT $2",
+        Ok(self
+            .all::<Event>(
+                Sql::new(
+                    "SELECT * FROM events WHERE contact_id = $1 ORDER BY occurred_at DESC LIMIT $2",
+                )
+                .arg(contact_id)
+                .arg(limit),
             )
-            .bind(contact_id)
-            .bind(limit)
-            .fetch_all(c)
-            .await?
-        }))
+            .await?)
     }
 
     /// SQLite numbers rows in the order they are stored (`rowid`; events are never deleted),
     /// so this number marks a point in the stream of events: [`Tx::contacts_with_events_after`]
     /// finds what was stored since. PostgreSQL keeps no such order: `None` there.
     pub async fn newest_event_number(&mut self) -> Result<Option<i64>> {
-        match self {
-            Tx::Sqlite(t) => {
-                // A bare MAX(rowid) is one seek to the end of the table; wrapped in another
-                // function (COALESCE) SQLite would scan every row instead.
-                let (n,): (Option<i64>,) = sqlx::query_as("SELECT MAX(rowid) FROM events")
-                    .fetch_one(&mut **t)
-                    .await?;
-                Ok(Some(n.unwrap_or_default()))
-            }
-            Tx::Postgres(_) => Ok(None),
+        if self.backend() == Backend::Postgres {
+            return Ok(None);
         }
+        // A bare MAX(rowid) is one seek to the end of the table; wrapped in another function
+        // (COALESCE) SQLite would scan every row instead.
+        let newest: Option<(Option<i64>,)> = self
+            .optional(Sql::new("SELECT MAX(rowid) FROM events"))
+            .await?;
+        Ok(Some(newest.and_then(|(n,)| n).unwrap_or_default()))
     }
 
     /// Contacts with an event stored after [`Tx::newest_event_number`] answered `after`
     /// (SQLite; nothing on PostgreSQL). A range of the table's own b-tree, not an index scan.
     pub async fn contacts_with_events_after(&mut self, after: i64) -> Result<Vec<String>> {
-        match self {
-            Tx::Sqlite(t) => {
-                // NOT INDEXED: SQLite would rather walk all of the (contact_id, …) index for the
-                // DISTINCT than seek the few newest rows of the table.
-                let rows: Vec<(String,)> =
-                    sqlx::query_as("SELECT contact_id FROM events NOT INDEXED WHERE rowid > $1")
-                        .bind(after)
-                        .fetch_all(&mut **t)
-                        .await?;
-                let mut ids: Vec<String> = rows.into_iter().map(|(id,)| id).collect();
-                ids.sort_unstable();
-                ids.dedup();
-                Ok(ids)
-            }
-            Tx::Postgres(_) => Ok(Vec::new()),
+        if self.backend() == Backend::Postgres {
+            return Ok(Vec::new());
         }
+        // NOT INDEXED: SQLite would rather walk all of the (contact_id, …) index for the
+        // DISTINCT than seek the few newest rows of the table.
+        let rows: Vec<(String,)> = self
+            .all(Sql::new("SELECT contact_id FROM events NOT INDEXED WHERE rowid > $1").arg(after))
+            .await?;
+        let mut ids: Vec<String> = rows.into_iter().map(|(id,)| id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
     }
 }

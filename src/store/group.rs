@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use tokio::sync::oneshot;
 
+use super::direct::Direct;
 use super::{Backend, Result, Store, StoreError, Tx};
 
 /// A future that borrows the transaction it runs in.
@@ -134,6 +135,19 @@ impl<C: Send + Sync + 'static> GroupCommit<C> {
 }
 
 async fn run_batch<C: Sync>(ctx: &C, store: &Store, mut batch: Vec<Pending<C>>) {
+    if store.backend() == Backend::Sqlite {
+        match direct(ctx, store, &mut batch).await {
+            Ok(()) => {
+                for p in batch {
+                    let _ = p.done.send(Ok(()));
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, ops = batch.len(), "direct write failed; running it through sqlx");
+            }
+        }
+    }
     if batch.len() > 1 {
         match together(ctx, store, &mut batch).await {
             Ok(()) => {
@@ -151,6 +165,18 @@ async fn run_batch<C: Sync>(ctx: &C, store: &Store, mut batch: Vec<Pending<C>>) 
         let result = alone(ctx, store, &mut p.op).await;
         let _ = p.done.send(result);
     }
+}
+
+/// Runs the batch on the writer connection used directly (see [`super::direct`]).
+async fn direct<C: Sync>(ctx: &C, store: &Store, batch: &mut [Pending<C>]) -> Result<()> {
+    let mut conn = store.writer_connection().await?;
+    let mut handle = conn.lock_handle().await?;
+    // Declared after `handle`, so dropped (rolled back, unless committed) before it.
+    let mut tx = Tx::Direct(Direct::begin(&mut handle)?);
+    for p in batch.iter_mut() {
+        (p.op)(ctx, &mut tx).await?;
+    }
+    tx.commit().await
 }
 
 async fn together<C: Sync>(ctx: &C, store: &Store, batch: &mut [Pending<C>]) -> Result<()> {

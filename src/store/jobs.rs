@@ -4,32 +4,30 @@
 
 use chrono::{DateTime, Utc};
 
+use super::direct::Sql;
 use super::{Job, Result, Store, Tx, job_status, on_conn};
 
 impl Tx {
     pub async fn insert_job(&mut self, job: &Job) -> Result<()> {
-        on_conn!(self, c => {
-            sqlx::query(
-                "INSERT INTO jobs (id, kind, journey_id, payload, status, run_at, attempts, max_attempts,
+        self.run(
+            Sql::new("INSERT INTO jobs (id, kind, journey_id, payload, status, run_at, attempts, max_attempts,
                    locked_by, locked_until, last_error, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .bind(&job.id)
-            .bind(&job.kind)
-            .bind(&job.journey_id)
-            .bind(&job.payload)
-            .bind(&job.status)
-            .bind(job.run_at)
-            .bind(job.attempts)
-            .bind(job.max_attempts)
-            .bind(&job.locked_by)
-            .bind(job.locked_until)
-            .bind(&job.last_error)
-            .bind(job.created_at)
-            .bind(job.updated_at)
-            .execute(c)
-            .await?;
-        });
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)")
+            .arg(&job.id)
+            .arg(&job.kind)
+            .arg(&job.journey_id)
+            .arg(&job.payload)
+            .arg(&job.status)
+            .arg(job.run_at)
+            .arg(job.attempts)
+            .arg(job.max_attempts)
+            .arg(&job.locked_by)
+            .arg(job.locked_until)
+            .arg(&job.last_error)
+            .arg(job.created_at)
+            .arg(job.updated_at),
+        )
+        .await?;
         Ok(())
     }
 
@@ -44,22 +42,18 @@ impl Tx {
         error: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let done = on_conn!(self, c => {
-            sqlx::query(
-                "UPDATE jobs SET status = 'queued', run_at = $3, locked_by = NULL, locked_until = NULL,
+        let done = self.run(
+            Sql::new("UPDATE jobs SET status = 'queued', run_at = $3, locked_by = NULL, locked_until = NULL,
                    attempts = CASE WHEN $4 THEN 0 ELSE attempts END, last_error = $5, updated_at = $6
-                 WHERE id = $1 AND locked_by = $2 AND status = 'running'",
-            )
-            .bind(id)
-            .bind(worker)
-            .bind(run_at)
-            .bind(reset_attempts)
-            .bind(error)
-            .bind(now)
-            .execute(c)
-            .await?
-            .rows_affected()
-        });
+                 WHERE id = $1 AND locked_by = $2 AND status = 'running'")
+            .arg(id)
+            .arg(worker)
+            .arg(run_at)
+            .arg(reset_attempts)
+            .arg(error)
+            .arg(now),
+        )
+        .await?;
         Ok(done == 1)
     }
 
@@ -74,22 +68,18 @@ impl Tx {
         error: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let done = on_conn!(self, c => {
-            sqlx::query(
-                "UPDATE jobs SET status = 'queued', run_at = $3, locked_by = NULL, locked_until = NULL,
+        let done = self.run(
+            Sql::new("UPDATE jobs SET status = 'queued', run_at = $3, locked_by = NULL, locked_until = NULL,
                    attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, last_error = $4,
                    updated_at = $5
-                 WHERE id = $1 AND locked_by = $2 AND status = 'running'",
-            )
-            .bind(id)
-            .bind(worker)
-            .bind(run_at)
-            .bind(error)
-            .bind(now)
-            .execute(c)
-            .await?
-            .rows_affected()
-        });
+                 WHERE id = $1 AND locked_by = $2 AND status = 'running'")
+            .arg(id)
+            .arg(worker)
+            .arg(run_at)
+            .arg(error)
+            .arg(now),
+        )
+        .await?;
         Ok(done == 1)
     }
 
@@ -103,21 +93,17 @@ impl Tx {
         now: DateTime<Utc>,
     ) -> Result<bool> {
         debug_assert!(status == job_status::DONE || status == job_status::DEAD);
-        let done = on_conn!(self, c => {
-            sqlx::query(
-                "UPDATE jobs SET status = $3, locked_by = NULL, locked_until = NULL, last_error = $4,
+        let done = self.run(
+            Sql::new("UPDATE jobs SET status = $3, locked_by = NULL, locked_until = NULL, last_error = $4,
                    updated_at = $5
-                 WHERE id = $1 AND locked_by = $2 AND status = 'running'",
-            )
-            .bind(id)
-            .bind(worker)
-            .bind(status)
-            .bind(error)
-            .bind(now)
-            .execute(c)
-            .await?
-            .rows_affected()
-        });
+                 WHERE id = $1 AND locked_by = $2 AND status = 'running'")
+            .arg(id)
+            .arg(worker)
+            .arg(status)
+            .arg(error)
+            .arg(now),
+        )
+        .await?;
         Ok(done == 1)
     }
 
@@ -130,69 +116,64 @@ impl Tx {
         until: DateTime<Utc>,
         payload: &serde_json::Value,
     ) -> Result<bool> {
-        let n = on_conn!(self, c => {
-            sqlx::query(
-                "UPDATE jobs SET locked_until = $3, payload = $4
+        let n = self
+            .run(
+                Sql::new(
+                    "UPDATE jobs SET locked_until = $3, payload = $4
                  WHERE id = $1 AND locked_by = $2 AND status = 'running'",
+                )
+                .arg(id)
+                .arg(worker)
+                .arg(until)
+                .arg(sqlx::types::Json(payload)),
             )
-            .bind(id)
-            .bind(worker)
-            .bind(until)
-            .bind(sqlx::types::Json(payload))
-            .execute(c)
-            .await?
-            .rows_affected()
-        });
+            .await?;
         Ok(n == 1)
     }
 
     /// Makes a journey's queued job due at `at` (an awaited event arrived).
     pub async fn wake_journey_job(&mut self, journey_id: &str, at: DateTime<Utc>) -> Result<()> {
-        on_conn!(self, c => {
-            sqlx::query("UPDATE jobs SET run_at = $2 WHERE journey_id = $1 AND status = 'queued' AND run_at > $2")
-                .bind(journey_id)
-                .bind(at)
-                .execute(c)
-                .await?;
-        });
+        self.run(
+            Sql::new("UPDATE jobs SET run_at = $2 WHERE journey_id = $1 AND status = 'queued' AND run_at > $2")
+            .arg(journey_id)
+            .arg(at),
+        )
+        .await?;
         Ok(())
     }
 
     /// Answers whether `worker` still holds job `id`.
     pub async fn holds_job(&mut self, id: &str, worker: &str) -> Result<bool> {
-        let n: (i64,) = on_conn!(self, c => {
-            sqlx::query_as(
-                "SELECT COUNT(*) FROM jobs WHERE id = $1 AND locked_by = $2 AND status = 'running'",
-            )
-            .bind(id)
-            .bind(worker)
-            .fetch_one(c)
-            .await?
-        });
+        let n: (i64,) = self.one(
+            Sql::new("SELECT COUNT(*) FROM jobs WHERE id = $1 AND locked_by = $2 AND status = 'running'")
+            .arg(id)
+            .arg(worker),
+        )
+        .await?;
         Ok(n.0 == 1)
     }
 
     /// The open (queued or running) job of each of the contact's journeys.
     pub async fn contact_open_jobs(&mut self, contact_id: &str) -> Result<Vec<Job>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as::<_, Job>(
-                "SELECT jobs.* FROM jobs JOIN journeys ON journeys.id = jobs.journey_id
+        Ok(self
+            .all::<Job>(
+                Sql::new(
+                    "SELECT jobs.* FROM jobs JOIN journeys ON journeys.id = jobs.journey_id
                  WHERE journeys.contact_id = $1 AND jobs.status IN ('queued', 'running')",
+                )
+                .arg(contact_id),
             )
-            .bind(contact_id)
-            .fetch_all(c)
-            .await?
-        }))
+            .await?)
     }
 
     pub async fn jobs_by_status(&mut self, status: &str, limit: i64) -> Result<Vec<Job>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as::<_, Job>("SELECT * FROM jobs WHERE status = $1 ORDER BY run_at LIMIT $2")
-                .bind(status)
-                .bind(limit)
-                .fetch_all(c)
-                .await?
-        }))
+        Ok(self
+            .all::<Job>(
+                Sql::new("SELECT * FROM jobs WHERE status = $1 ORDER BY run_at LIMIT $2")
+                    .arg(status)
+                    .arg(limit),
+            )
+            .await?)
     }
 }
 
@@ -221,7 +202,7 @@ impl Store {
              RETURNING j.*";
         let mut tx = self.write().await?;
         let sql = match &tx {
-            Tx::Sqlite(_) => SQLITE,
+            Tx::Sqlite(_) | Tx::Direct(_) => SQLITE,
             Tx::Postgres(_) => POSTGRES,
         };
         let jobs = on_conn!(&mut tx, c => {
@@ -335,17 +316,14 @@ pub fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<Da
 impl Tx {
     /// Marks a job dead regardless of who holds it (used when its journey gives up).
     pub async fn mark_job_dead(&mut self, id: &str, error: &str, now: DateTime<Utc>) -> Result<()> {
-        on_conn!(self, c => {
-            sqlx::query(
-                "UPDATE jobs SET status = 'dead', locked_by = NULL, locked_until = NULL, last_error = $2,
-                   updated_at = $3 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(error)
-            .bind(now)
-            .execute(c)
-            .await?;
-        });
+        self.run(
+            Sql::new("UPDATE jobs SET status = 'dead', locked_by = NULL, locked_until = NULL, last_error = $2,
+                   updated_at = $3 WHERE id = $1")
+            .arg(id)
+            .arg(error)
+            .arg(now),
+        )
+        .await?;
         Ok(())
     }
 }

@@ -4,44 +4,38 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
+use super::direct::Sql;
 use super::{Journey, Result, Tx, journey_status, on_conn};
 
 impl Tx {
     /// Inserts a journey; answers false when an active journey for the same
     /// (workflow, contact, key) already exists.
     pub async fn insert_journey(&mut self, j: &Journey) -> Result<bool> {
-        let done = on_conn!(self, c => {
-            sqlx::query(
-                "INSERT INTO journeys (id, workflow, contact_id, journey_key, status, step, context,
+        let done = self.run(
+            Sql::new("INSERT INTO journeys (id, workflow, contact_id, journey_key, status, step, context,
                    entered_at, updated_at, ended_at, end_reason)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&j.id)
-            .bind(&j.workflow)
-            .bind(&j.contact_id)
-            .bind(&j.journey_key)
-            .bind(&j.status)
-            .bind(&j.step)
-            .bind(&j.context)
-            .bind(j.entered_at)
-            .bind(j.updated_at)
-            .bind(j.ended_at)
-            .bind(&j.end_reason)
-            .execute(c)
-            .await?
-            .rows_affected()
-        });
+                 ON CONFLICT DO NOTHING")
+            .arg(&j.id)
+            .arg(&j.workflow)
+            .arg(&j.contact_id)
+            .arg(&j.journey_key)
+            .arg(&j.status)
+            .arg(&j.step)
+            .arg(&j.context)
+            .arg(j.entered_at)
+            .arg(j.updated_at)
+            .arg(j.ended_at)
+            .arg(&j.end_reason),
+        )
+        .await?;
         Ok(done == 1)
     }
 
     pub async fn get_journey(&mut self, id: &str) -> Result<Option<Journey>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as::<_, Journey>("SELECT * FROM journeys WHERE id = $1")
-                .bind(id)
-                .fetch_optional(c)
-                .await?
-        }))
+        Ok(self
+            .optional::<Journey>(Sql::new("SELECT * FROM journeys WHERE id = $1").arg(id))
+            .await?)
     }
 
     /// Journey `journey_id` when `worker` holds job `job_id` (one statement for the lease check
@@ -52,17 +46,17 @@ impl Tx {
         worker: &str,
         journey_id: &str,
     ) -> Result<Option<Journey>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as::<_, Journey>(
-                "SELECT journeys.* FROM jobs JOIN journeys ON journeys.id = $3
+        Ok(self
+            .optional::<Journey>(
+                Sql::new(
+                    "SELECT journeys.* FROM jobs JOIN journeys ON journeys.id = $3
                  WHERE jobs.id = $1 AND jobs.locked_by = $2 AND jobs.status = 'running'",
+                )
+                .arg(job_id)
+                .arg(worker)
+                .arg(journey_id),
             )
-            .bind(job_id)
-            .bind(worker)
-            .bind(journey_id)
-            .fetch_optional(c)
-            .await?
-        }))
+            .await?)
     }
 
     /// The latest journey of `workflow` for this contact and key, active or not.
@@ -72,40 +66,31 @@ impl Tx {
         contact_id: &str,
         key: &str,
     ) -> Result<Option<Journey>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as::<_, Journey>(
-                "SELECT * FROM journeys WHERE workflow = $1 AND contact_id = $2 AND journey_key = $3
-                 ORDER BY entered_at DESC LIMIT 1",
-            )
-            .bind(workflow)
-            .bind(contact_id)
-            .bind(key)
-            .fetch_optional(c)
-            .await?
-        }))
+        Ok(self.optional::<Journey>(
+            Sql::new("SELECT * FROM journeys WHERE workflow = $1 AND contact_id = $2 AND journey_key = $3
+                 ORDER BY entered_at DESC LIMIT 1")
+            .arg(workflow)
+            .arg(contact_id)
+            .arg(key),
+        )
+        .await?)
     }
 
     pub async fn active_journeys(&mut self, contact_id: &str) -> Result<Vec<Journey>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as::<_, Journey>(
-                "SELECT * FROM journeys WHERE contact_id = $1 AND status = 'active' ORDER BY entered_at",
-            )
-            .bind(contact_id)
-            .fetch_all(c)
-            .await?
-        }))
+        Ok(self.all::<Journey>(
+            Sql::new("SELECT * FROM journeys WHERE contact_id = $1 AND status = 'active' ORDER BY entered_at")
+            .arg(contact_id),
+        )
+        .await?)
     }
 
     pub async fn contact_journeys(&mut self, contact_id: &str, limit: i64) -> Result<Vec<Journey>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as::<_, Journey>(
-                "SELECT * FROM journeys WHERE contact_id = $1 ORDER BY entered_at DESC LIMIT $2",
-            )
-            .bind(contact_id)
-            .bind(limit)
-            .fetch_all(c)
-            .await?
-        }))
+        Ok(self.all::<Journey>(
+            Sql::new("SELECT * FROM journeys WHERE contact_id = $1 ORDER BY entered_at DESC LIMIT $2")
+            .arg(contact_id)
+            .arg(limit),
+        )
+        .await?)
     }
 
     /// Moves an active journey to `step`, optionally replacing its context. Answers false when
@@ -150,14 +135,13 @@ impl Tx {
         note: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        on_conn!(self, c => {
-            sqlx::query("UPDATE journeys SET note = $2, updated_at = $3 WHERE id = $1")
-                .bind(id)
-                .bind(note)
-                .bind(now)
-                .execute(c)
-                .await?;
-        });
+        self.run(
+            Sql::new("UPDATE journeys SET note = $2, updated_at = $3 WHERE id = $1")
+                .arg(id)
+                .arg(note)
+                .arg(now),
+        )
+        .await?;
         Ok(())
     }
 
@@ -171,19 +155,15 @@ impl Tx {
         now: DateTime<Utc>,
     ) -> Result<bool> {
         debug_assert!(status != journey_status::ACTIVE);
-        let done = on_conn!(self, c => {
-            sqlx::query(
-                "UPDATE journeys SET status = $2, step = NULL, ended_at = $3, updated_at = $3, end_reason = $4
-                 WHERE id = $1 AND status = 'active'",
-            )
-            .bind(id)
-            .bind(status)
-            .bind(now)
-            .bind(reason)
-            .execute(c)
-            .await?
-            .rows_affected()
-        });
+        let done = self.run(
+            Sql::new("UPDATE journeys SET status = $2, step = NULL, ended_at = $3, updated_at = $3, end_reason = $4
+                 WHERE id = $1 AND status = 'active'")
+            .arg(id)
+            .arg(status)
+            .arg(now)
+            .arg(reason),
+        )
+        .await?;
         Ok(done == 1)
     }
 
@@ -197,16 +177,13 @@ impl Tx {
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let done = self.close_journey(id, status, reason, now).await?;
-        on_conn!(self, c => {
-            sqlx::query(
-                "UPDATE jobs SET status = 'done', locked_by = NULL, locked_until = NULL, updated_at = $2
-                 WHERE journey_id = $1 AND status IN ('queued', 'running')",
-            )
-            .bind(id)
-            .bind(now)
-            .execute(c)
-            .await?;
-        });
+        self.run(
+            Sql::new("UPDATE jobs SET status = 'done', locked_by = NULL, locked_until = NULL, updated_at = $2
+                 WHERE journey_id = $1 AND status IN ('queued', 'running')")
+            .arg(id)
+            .arg(now),
+        )
+        .await?;
         Ok(done)
     }
 }

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::direct::Sql;
 use super::{DeliveryRow, Message, MessageFacts, Result, Tx, on_conn};
 
 impl Tx {
@@ -66,27 +67,26 @@ impl Tx {
         transport: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let done = on_conn!(self, c => {
-            sqlx::query(
-                "UPDATE messages SET status = $3, detail = COALESCE($4, detail),
+        let done = self
+            .run(
+                Sql::new(
+                    "UPDATE messages SET status = $3, detail = COALESCE($4, detail),
                    provider_message_id = COALESCE($5, provider_message_id),
                    subject = COALESCE($6, subject), transport = COALESCE($7, transport),
                    attempts = attempts + CASE WHEN $3 = 'sending' THEN 1 ELSE 0 END,
                    sent_at = CASE WHEN $3 = 'sent' THEN $8 ELSE sent_at END, updated_at = $8
                  WHERE id = $1 AND status = $2",
+                )
+                .arg(id)
+                .arg(from)
+                .arg(to)
+                .arg(detail)
+                .arg(provider_message_id)
+                .arg(subject)
+                .arg(transport)
+                .arg(now),
             )
-            .bind(id)
-            .bind(from)
-            .bind(to)
-            .bind(detail)
-            .bind(provider_message_id)
-            .bind(subject)
-            .bind(transport)
-            .bind(now)
-            .execute(c)
-            .await?
-            .rows_affected()
-        });
+            .await?;
         Ok(done == 1)
     }
 
@@ -96,24 +96,20 @@ impl Tx {
         detail: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        on_conn!(self, c => {
-            sqlx::query("UPDATE messages SET detail = $2, updated_at = $3 WHERE id = $1")
-                .bind(id)
-                .bind(detail)
-                .bind(now)
-                .execute(c)
-                .await?;
-        });
+        self.run(
+            Sql::new("UPDATE messages SET detail = $2, updated_at = $3 WHERE id = $1")
+                .arg(id)
+                .arg(detail)
+                .arg(now),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn get_message(&mut self, id: &str) -> Result<Option<Message>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as::<_, Message>("SELECT * FROM messages WHERE id = $1")
-                .bind(id)
-                .fetch_optional(c)
-                .await?
-        }))
+        Ok(self
+            .optional::<Message>(Sql::new("SELECT * FROM messages WHERE id = $1").arg(id))
+            .await?)
     }
 
     /// The journey's message for `step` (latest iteration).
@@ -122,27 +118,21 @@ impl Tx {
         journey_id: &str,
         step: &str,
     ) -> Result<Option<Message>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as::<_, Message>(
-                "SELECT * FROM messages WHERE journey_id = $1 AND step = $2 ORDER BY iteration DESC LIMIT 1",
-            )
-            .bind(journey_id)
-            .bind(step)
-            .fetch_optional(c)
-            .await?
-        }))
+        Ok(self.optional::<Message>(
+            Sql::new("SELECT * FROM messages WHERE journey_id = $1 AND step = $2 ORDER BY iteration DESC LIMIT 1")
+            .arg(journey_id)
+            .arg(step),
+        )
+        .await?)
     }
 
     pub async fn contact_messages(&mut self, contact_id: &str, limit: i64) -> Result<Vec<Message>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as::<_, Message>(
-                "SELECT * FROM messages WHERE contact_id = $1 ORDER BY created_at DESC LIMIT $2",
-            )
-            .bind(contact_id)
-            .bind(limit)
-            .fetch_all(c)
-            .await?
-        }))
+        Ok(self.all::<Message>(
+            Sql::new("SELECT * FROM messages WHERE contact_id = $1 ORDER BY created_at DESC LIMIT $2")
+            .arg(contact_id)
+            .arg(limit),
+        )
+        .await?)
     }
 
     /// Adds ledger entries whose (provider, provider_event_id) is not there yet, in one
@@ -221,16 +211,13 @@ impl Tx {
 
     /// Answers whether the message has a human (not machine) event of `kind`.
     pub async fn message_has_event(&mut self, message_id: &str, kind: &str) -> Result<bool> {
-        let n: (i64,) = on_conn!(self, c => {
-            sqlx::query_as(
-                "SELECT COUNT(*) FROM delivery_events WHERE message_id = $1 AND kind = $2 AND machine = $3",
-            )
-            .bind(message_id)
-            .bind(kind)
-            .bind(false)
-            .fetch_one(c)
-            .await?
-        });
+        let n: (i64,) = self.one(
+            Sql::new("SELECT COUNT(*) FROM delivery_events WHERE message_id = $1 AND kind = $2 AND machine = $3")
+            .arg(message_id)
+            .arg(kind)
+            .arg(false),
+        )
+        .await?;
         Ok(n.0 > 0)
     }
 
@@ -240,44 +227,41 @@ impl Tx {
         recipient: &str,
         since: DateTime<Utc>,
     ) -> Result<i64> {
-        let n: (i64,) = on_conn!(self, c => {
-            sqlx::query_as(
-                "SELECT COUNT(*) FROM delivery_events
-                 WHERE recipient = $1 AND kind = 'bounced' AND severity = 'soft' AND occurred_at >= $2",
-            )
-            .bind(recipient)
-            .bind(since)
-            .fetch_one(c)
-            .await?
-        });
+        let n: (i64,) = self.one(
+            Sql::new("SELECT COUNT(*) FROM delivery_events
+                 WHERE recipient = $1 AND kind = 'bounced' AND severity = 'soft' AND occurred_at >= $2")
+            .arg(recipient)
+            .arg(since),
+        )
+        .await?;
         Ok(n.0)
     }
 
     /// Clicks on a message since `since` (link scanners click every link at once).
     pub async fn clicks_since(&mut self, message_id: &str, since: DateTime<Utc>) -> Result<i64> {
-        let n: (i64,) = on_conn!(self, c => {
-            sqlx::query_as(
-                "SELECT COUNT(*) FROM delivery_events
+        let n: (i64,) = self
+            .one(
+                Sql::new(
+                    "SELECT COUNT(*) FROM delivery_events
                  WHERE message_id = $1 AND kind = 'clicked' AND occurred_at >= $2",
+                )
+                .arg(message_id)
+                .arg(since),
             )
-            .bind(message_id)
-            .bind(since)
-            .fetch_one(c)
-            .await?
-        });
+            .await?;
         Ok(n.0)
     }
 
     /// The delivery ledger of a message, oldest first.
     pub async fn message_deliveries(&mut self, message_id: &str) -> Result<Vec<DeliveryRow>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as::<_, DeliveryRow>(
-                "SELECT * FROM delivery_events WHERE message_id = $1 ORDER BY occurred_at",
+        Ok(self
+            .all::<DeliveryRow>(
+                Sql::new(
+                    "SELECT * FROM delivery_events WHERE message_id = $1 ORDER BY occurred_at",
+                )
+                .arg(message_id),
             )
-            .bind(message_id)
-            .fetch_all(c)
-            .await?
-        }))
+            .await?)
     }
 
     /// Records a one-time webhook token; answers false if it was seen before (a replay).
@@ -306,26 +290,23 @@ impl Tx {
         contact_id: &str,
         since: DateTime<Utc>,
     ) -> Result<Vec<DateTime<Utc>>> {
-        let rows: Vec<(DateTime<Utc>,)> = on_conn!(self, c => {
-            sqlx::query_as(
-                "SELECT COALESCE(sent_at, updated_at) FROM messages
+        let rows: Vec<(DateTime<Utc>,)> = self.all(
+            Sql::new("SELECT COALESCE(sent_at, updated_at) FROM messages
                  WHERE contact_id = $1 AND category = 'marketing' AND status IN ('sent', 'sending', 'unknown')
-                   AND COALESCE(sent_at, updated_at) > $2",
-            )
-            .bind(contact_id)
-            .bind(since)
-            .fetch_all(c)
-            .await?
-        });
+                   AND COALESCE(sent_at, updated_at) > $2")
+            .arg(contact_id)
+            .arg(since),
+        )
+        .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
     /// Message counts by status (for reports and tests).
     pub async fn message_status_counts(&mut self) -> Result<Vec<(String, i64)>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as("SELECT status, COUNT(*) FROM messages GROUP BY status ORDER BY status")
-                .fetch_all(c)
-                .await?
-        }))
+        Ok(self
+            .all(Sql::new(
+                "SELECT status, COUNT(*) FROM messages GROUP BY status ORDER BY status",
+            ))
+            .await?)
     }
 }

@@ -5,6 +5,7 @@
 
 mod checkpoint;
 mod contacts;
+pub mod direct;
 mod events;
 mod group;
 mod jobs;
@@ -25,6 +26,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
+pub use direct::Sql;
 pub use group::{GroupCommit, TxFuture};
 pub use jobs::{NextDue, earliest};
 pub use models::*;
@@ -46,6 +48,16 @@ pub enum StoreError {
     DatabaseName(String),
     #[error("the SQLite writer thread: {0}")]
     WriterThread(String),
+    #[error("database error: {0}")]
+    Direct(#[from] rusqlite::Error),
+    #[error("statement parameter `{0}`: use `$N` or `?`")]
+    Parameter(String),
+    #[error("column `{0}` does not hold the expected type")]
+    Column(String),
+    /// Code written for sqlx alone reached a direct transaction (see [`direct`]); the batch
+    /// runs again through sqlx.
+    #[error("{0} cannot run on the direct SQLite connection")]
+    Indirect(&'static str),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -73,6 +85,8 @@ pub enum Store {
 pub enum Tx {
     Sqlite(Transaction<'static, Sqlite>),
     Postgres(Transaction<'static, Postgres>),
+    /// The SQLite writer connection used directly, for grouped writes.
+    Direct(direct::Direct),
 }
 
 /// Runs the same query code against whichever connection a [`Tx`] holds. The body is
@@ -87,6 +101,11 @@ macro_rules! on_conn {
             $crate::store::Tx::Postgres(t) => {
                 let $c: &mut sqlx::PgConnection = &mut *t;
                 $body
+            }
+            $crate::store::Tx::Direct(_) => {
+                return Err(
+                    $crate::store::StoreError::Indirect(concat!(file!(), ":", line!())).into(),
+                )
             }
         }
     };
@@ -303,6 +322,7 @@ impl Tx {
         match self {
             Tx::Sqlite(t) => t.commit().await?,
             Tx::Postgres(t) => t.commit().await?,
+            Tx::Direct(d) => d.commit()?,
         }
         Ok(())
     }
@@ -311,13 +331,15 @@ impl Tx {
         match self {
             Tx::Sqlite(t) => t.rollback().await?,
             Tx::Postgres(t) => t.rollback().await?,
+            // Dropping it rolls back.
+            Tx::Direct(d) => drop(d),
         }
         Ok(())
     }
 
     pub fn backend(&self) -> Backend {
         match self {
-            Tx::Sqlite(_) => Backend::Sqlite,
+            Tx::Sqlite(_) | Tx::Direct(_) => Backend::Sqlite,
             Tx::Postgres(_) => Backend::Postgres,
         }
     }

@@ -5,6 +5,8 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::types::Json;
 
+use super::direct::direct_row;
+
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
 pub struct Contact {
     pub id: String,
@@ -176,3 +178,81 @@ pub struct TriggerTime {
     pub fire_at: DateTime<Utc>,
     pub occurrence: String,
 }
+
+direct_row!(Contact {
+    id,
+    email,
+    attributes,
+    subscribed,
+    created_at,
+    updated_at,
+    profile
+});
+direct_row!(Event {
+    id,
+    contact_id,
+    name,
+    properties,
+    occurred_at,
+    received_at
+});
+direct_row!(Journey {
+    id,
+    workflow,
+    contact_id,
+    journey_key,
+    status,
+    step,
+    context,
+    entered_at,
+    updated_at,
+    ended_at,
+    end_reason,
+    note,
+});
+direct_row!(Job {
+    id,
+    kind,
+    journey_id,
+    payload,
+    status,
+    run_at,
+    attempts,
+    max_attempts,
+    locked_by,
+    locked_until,
+    last_error,
+    created_at,
+    updated_at,
+});
+direct_row!(Message {
+    id,
+    journey_id,
+    step,
+    iteration,
+    contact_id,
+    workflow,
+    template,
+    category,
+    to_email,
+    subject,
+    status,
+    transport,
+    provider_message_id,
+    detail,
+    attempts,
+    created_at,
+    updated_at,
+    sent_at,
+});
+direct_row!(Suppression {
+    email,
+    reason,
+    detail,
+    created_at
+});
+direct_row!(DeliveryRow {
+    id, provider, provider_event_id, message_id, provider_message_id, recipient, kind, severity,
+    detail, machine, occurred_at, received_at,
+});
+direct_row!(TriggerTime { workflow, contact_id, fire_at, occurrence });

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
+use super::direct::Sql;
 use super::{Backend, Result, Store, Tx, on_conn};
 
 /// One stored event as segment evaluation reads it: (contact, name, time, properties when read).
@@ -64,13 +65,15 @@ fn contacts_as_v(p: &mut Params, n: usize) -> String {
 
 impl Tx {
     pub async fn is_member(&mut self, segment: &str, contact_id: &str) -> Result<bool> {
-        let row: Option<(String,)> = on_conn!(self, c => {
-            sqlx::query_as("SELECT segment FROM segment_members WHERE segment = $1 AND contact_id = $2")
-                .bind(segment)
-                .bind(contact_id)
-                .fetch_optional(c)
-                .await?
-        });
+        let row: Option<(String,)> = self
+            .optional(
+                Sql::new(
+                    "SELECT segment FROM segment_members WHERE segment = $1 AND contact_id = $2",
+                )
+                .arg(segment)
+                .arg(contact_id),
+            )
+            .await?;
         Ok(row.is_some())
     }
 
@@ -189,13 +192,12 @@ impl Tx {
     }
 
     pub async fn remove_member(&mut self, segment: &str, contact_id: &str) -> Result<()> {
-        on_conn!(self, c => {
-            sqlx::query("DELETE FROM segment_members WHERE segment = $1 AND contact_id = $2")
-                .bind(segment)
-                .bind(contact_id)
-                .execute(c)
-                .await?;
-        });
+        self.run(
+            Sql::new("DELETE FROM segment_members WHERE segment = $1 AND contact_id = $2")
+                .arg(segment)
+                .arg(contact_id),
+        )
+        .await?;
         Ok(())
     }
 
@@ -408,19 +410,18 @@ impl Tx {
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<u64> {
-        Ok(on_conn!(self, c => {
-            sqlx::query(
-                "INSERT INTO segment_due (contact_id, due_at)
+        Ok(self
+            .run(
+                Sql::new(
+                    "INSERT INTO segment_due (contact_id, due_at)
                  SELECT DISTINCT m.contact_id, $2 FROM messages m
                  WHERE m.created_at >= $1 AND m.status IN ('sent', 'unknown')
                  ON CONFLICT (contact_id) DO UPDATE SET due_at = excluded.due_at",
+                )
+                .arg(since)
+                .arg(now),
             )
-            .bind(since)
-            .bind(now)
-            .execute(c)
-            .await?
-            .rows_affected()
-        }))
+            .await?)
     }
 
     /// Stores a segment's definition; true when it is new or changed. Only one of several
@@ -431,27 +432,23 @@ impl Tx {
         spec: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let n = on_conn!(self, c => {
-            sqlx::query(
-                "INSERT INTO segment_specs (segment, spec, updated_at) VALUES ($1, $2, $3)
+        let n = self.run(
+            Sql::new("INSERT INTO segment_specs (segment, spec, updated_at) VALUES ($1, $2, $3)
                  ON CONFLICT (segment) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at
-                 WHERE segment_specs.spec <> excluded.spec",
-            )
-            .bind(segment)
-            .bind(spec)
-            .bind(now)
-            .execute(c)
-            .await?
-            .rows_affected()
-        });
+                 WHERE segment_specs.spec <> excluded.spec")
+            .arg(segment)
+            .arg(spec)
+            .arg(now),
+        )
+        .await?;
         Ok(n == 1)
     }
 
     /// Forgets segments that no longer exist, with their members. Answers whether any were.
     pub async fn retain_segment_specs(&mut self, segments: &[String]) -> Result<bool> {
-        let stored: Vec<(String,)> = on_conn!(self, c => {
-            sqlx::query_as("SELECT segment FROM segment_specs").fetch_all(c).await?
-        });
+        let stored: Vec<(String,)> = self
+            .all(Sql::new("SELECT segment FROM segment_specs"))
+            .await?;
         let mut removed = false;
         for (name,) in stored.into_iter().filter(|(n,)| !segments.contains(n)) {
             removed = true;
@@ -464,23 +461,22 @@ impl Tx {
     }
 
     pub async fn meta(&mut self, key: &str) -> Result<Option<String>> {
-        let row: Option<(String,)> = on_conn!(self, c => {
-            sqlx::query_as("SELECT value FROM meta WHERE key = $1").bind(key).fetch_optional(c).await?
-        });
+        let row: Option<(String,)> = self
+            .optional(Sql::new("SELECT value FROM meta WHERE key = $1").arg(key))
+            .await?;
         Ok(row.map(|r| r.0))
     }
 
     pub async fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
-        on_conn!(self, c => {
-            sqlx::query(
+        self.run(
+            Sql::new(
                 "INSERT INTO meta (key, value) VALUES ($1, $2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             )
-            .bind(key)
-            .bind(value)
-            .execute(c)
-            .await?;
-        });
+            .arg(key)
+            .arg(value),
+        )
+        .await?;
         Ok(())
     }
 
@@ -512,15 +508,12 @@ impl Tx {
         cursor: &str,
         limit: i64,
     ) -> Result<Vec<(String, Json<Value>)>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as(
-                "SELECT id, profile FROM contacts WHERE orders > 0 AND id > $1 ORDER BY id LIMIT $2",
-            )
-            .bind(cursor)
-            .bind(limit)
-            .fetch_all(c)
-            .await?
-        }))
+        Ok(self.all(
+            Sql::new("SELECT id, profile FROM contacts WHERE orders > 0 AND id > $1 ORDER BY id LIMIT $2")
+            .arg(cursor)
+            .arg(limit),
+        )
+        .await?)
     }
 }
 

@@ -4,44 +4,37 @@
 
 use chrono::{DateTime, Utc};
 
+use super::direct::Sql;
 use super::{Contact, Result, Store, TriggerTime, Tx, on_conn};
 
 impl Tx {
     pub async fn put_trigger_time(&mut self, t: &TriggerTime) -> Result<()> {
-        on_conn!(self, c => {
-            sqlx::query(
-                "INSERT INTO trigger_times (workflow, contact_id, fire_at, occurrence) VALUES ($1, $2, $3, $4)
+        self.run(
+            Sql::new("INSERT INTO trigger_times (workflow, contact_id, fire_at, occurrence) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (workflow, contact_id) DO UPDATE SET fire_at = excluded.fire_at,
-                   occurrence = excluded.occurrence",
-            )
-            .bind(&t.workflow)
-            .bind(&t.contact_id)
-            .bind(t.fire_at)
-            .bind(&t.occurrence)
-            .execute(c)
-            .await?;
-        });
+                   occurrence = excluded.occurrence")
+            .arg(&t.workflow)
+            .arg(&t.contact_id)
+            .arg(t.fire_at)
+            .arg(&t.occurrence),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn delete_trigger_time(&mut self, workflow: &str, contact_id: &str) -> Result<()> {
-        on_conn!(self, c => {
-            sqlx::query("DELETE FROM trigger_times WHERE workflow = $1 AND contact_id = $2")
-                .bind(workflow)
-                .bind(contact_id)
-                .execute(c)
-                .await?;
-        });
+        self.run(
+            Sql::new("DELETE FROM trigger_times WHERE workflow = $1 AND contact_id = $2")
+                .arg(workflow)
+                .arg(contact_id),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn delete_workflow_trigger_times(&mut self, workflow: &str) -> Result<()> {
-        on_conn!(self, c => {
-            sqlx::query("DELETE FROM trigger_times WHERE workflow = $1")
-                .bind(workflow)
-                .execute(c)
-                .await?;
-        });
+        self.run(Sql::new("DELETE FROM trigger_times WHERE workflow = $1").arg(workflow))
+            .await?;
         Ok(())
     }
 
@@ -88,19 +81,15 @@ impl Tx {
         occurrence: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let n = on_conn!(self, c => {
-            sqlx::query(
-                "INSERT INTO trigger_fires (workflow, contact_id, occurrence, fired_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(workflow)
-            .bind(contact_id)
-            .bind(occurrence)
-            .bind(now)
-            .execute(c)
-            .await?
-            .rows_affected()
-        });
+        let n = self.run(
+            Sql::new("INSERT INTO trigger_fires (workflow, contact_id, occurrence, fired_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING")
+            .arg(workflow)
+            .arg(contact_id)
+            .arg(occurrence)
+            .arg(now),
+        )
+        .await?;
         Ok(n == 1)
     }
 
@@ -113,29 +102,25 @@ impl Tx {
         next_run_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let n = on_conn!(self, c => {
-            sqlx::query(
-                "INSERT INTO trigger_specs (workflow, spec, next_run_at, updated_at) VALUES ($1, $2, $3, $4)
+        let n = self.run(
+            Sql::new("INSERT INTO trigger_specs (workflow, spec, next_run_at, updated_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (workflow) DO UPDATE SET spec = excluded.spec, next_run_at = excluded.next_run_at,
                    updated_at = excluded.updated_at
-                 WHERE trigger_specs.spec <> excluded.spec",
-            )
-            .bind(workflow)
-            .bind(spec)
-            .bind(next_run_at)
-            .bind(now)
-            .execute(c)
-            .await?
-            .rows_affected()
-        });
+                 WHERE trigger_specs.spec <> excluded.spec")
+            .arg(workflow)
+            .arg(spec)
+            .arg(next_run_at)
+            .arg(now),
+        )
+        .await?;
         Ok(n == 1)
     }
 
     /// Forgets time triggers of workflows that no longer exist (or no longer have one).
     pub async fn retain_trigger_specs(&mut self, workflows: &[String]) -> Result<()> {
-        let stored: Vec<(String,)> = on_conn!(self, c => {
-            sqlx::query_as("SELECT workflow FROM trigger_specs").fetch_all(c).await?
-        });
+        let stored: Vec<(String,)> = self
+            .all(Sql::new("SELECT workflow FROM trigger_specs"))
+            .await?;
         for (name,) in stored.into_iter().filter(|(n,)| !workflows.contains(n)) {
             on_conn!(self, c => {
                 sqlx::query("DELETE FROM trigger_specs WHERE workflow = $1").bind(&name).execute(&mut *c).await?;
@@ -152,15 +137,13 @@ impl Tx {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<bool> {
-        let n = on_conn!(self, c => {
-            sqlx::query("UPDATE trigger_specs SET next_run_at = $3 WHERE workflow = $1 AND next_run_at = $2")
-                .bind(workflow)
-                .bind(from)
-                .bind(to)
-                .execute(c)
-                .await?
-                .rows_affected()
-        });
+        let n = self.run(
+            Sql::new("UPDATE trigger_specs SET next_run_at = $3 WHERE workflow = $1 AND next_run_at = $2")
+            .arg(workflow)
+            .arg(from)
+            .arg(to),
+        )
+        .await?;
         Ok(n == 1)
     }
 
@@ -171,17 +154,14 @@ impl Tx {
         limit: i64,
         subscribed_only: bool,
     ) -> Result<Vec<Contact>> {
-        Ok(on_conn!(self, c => {
-            sqlx::query_as::<_, Contact>(
-                "SELECT * FROM contacts WHERE id > $1 AND (subscribed = $3 OR $4) ORDER BY id LIMIT $2",
-            )
-            .bind(cursor)
-            .bind(limit)
-            .bind(true)
-            .bind(!subscribed_only)
-            .fetch_all(c)
-            .await?
-        }))
+        Ok(self.all::<Contact>(
+            Sql::new("SELECT * FROM contacts WHERE id > $1 AND (subscribed = $3 OR $4) ORDER BY id LIMIT $2")
+            .arg(cursor)
+            .arg(limit)
+            .arg(true)
+            .arg(!subscribed_only),
+        )
+        .await?)
     }
 }
 

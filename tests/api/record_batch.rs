@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use herald::feedback::{Report, Tally, record_batch};
-use herald::store::{Message, Tx, message_status};
+use herald::store::{Message, Sql, message_status};
 use herald::tracking::links::{CLICK, OPEN};
 use herald::webhook::DeliveryKind;
 use serde_json::{Value, json};
@@ -172,11 +172,7 @@ async fn journeys(app: &TestApp, contact: &str) -> Vec<(String, String, Value)> 
 /// A count over the whole database.
 async fn count(app: &TestApp, sql: &'static str) -> i64 {
     let mut tx = app.core.store.read().await.expect("read");
-    let n: (i64,) = match &mut tx {
-        Tx::Sqlite(t) => sqlx::query_as(sql).fetch_one(&mut **t).await,
-        Tx::Postgres(t) => sqlx::query_as(sql).fetch_one(&mut **t).await,
-    }
-    .expect("count");
+    let n: (i64,) = tx.one(Sql::new(sql)).await.expect("count");
     tx.commit().await.expect("commit");
     n.0
 }
