@@ -90,10 +90,7 @@ pub async fn run_due(core: &Core) -> Result<usize> {
     tick(core).await?;
     loop {
         let now = core.clock.now();
-        let jobs = core
-            .store
-            .claim_jobs(&core.worker_id, now, now + core.lease, 64)
-            .await?;
+        let jobs = claim(core, now, 64).await?;
         if jobs.is_empty() {
             return Ok(ran);
         }
@@ -102,6 +99,19 @@ pub async fn run_due(core: &Core) -> Result<usize> {
             ran += 1;
         }
     }
+}
+
+/// Claims up to `limit` due jobs for this worker. The claim joins the grouped write
+/// transaction of whatever else is being stored at the moment (see `GroupCommit`), so on
+/// SQLite it runs on the writer thread instead of taking the writer connection for itself.
+async fn claim(core: &Core, now: DateTime<Utc>, limit: i64) -> Result<Vec<Job>> {
+    let (worker, lease_until) = (Arc::<str>::from(core.worker_id.as_str()), now + core.lease);
+    core.group
+        .run(core, &core.store, move |_, tx| {
+            let worker = Arc::clone(&worker);
+            Box::pin(async move { tx.claim_jobs(&worker, now, lease_until, limit).await })
+        })
+        .await
 }
 
 /// The most jobs one claim takes.
@@ -159,11 +169,7 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
         let free = permits.available_permits();
         if more_due && (free >= low_water || free == workers) {
             let want = free.min(CLAIM_BATCH);
-            let claimed = match core
-                .store
-                .claim_jobs(&core.worker_id, now, now + core.lease, want as i64)
-                .await
-            {
+            let claimed = match claim(&core, now, want as i64).await {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::error!(error = %e, "claiming jobs failed");

@@ -9,9 +9,8 @@ use super::{Contact, Result, Suppression, Tx};
 
 impl Tx {
     pub async fn get_contact(&mut self, id: &str) -> Result<Option<Contact>> {
-        Ok(self
-            .optional::<Contact>(Sql::new("SELECT * FROM contacts WHERE id = $1").arg(id))
-            .await?)
+        self.optional::<Contact>(Sql::new("SELECT * FROM contacts WHERE id = $1").arg(id))
+            .await
     }
 
     /// Serializes decisions about one contact across transactions (PostgreSQL row lock; SQLite
@@ -68,11 +67,10 @@ impl Tx {
 
     /// The suppression entry for `email` (compared case-insensitively), if any.
     pub async fn suppression(&mut self, email: &str) -> Result<Option<Suppression>> {
-        Ok(self
-            .optional::<Suppression>(
-                Sql::new("SELECT * FROM suppressions WHERE email = $1").arg(email.to_lowercase()),
-            )
-            .await?)
+        self.optional::<Suppression>(
+            Sql::new("SELECT * FROM suppressions WHERE email = $1").arg(email.to_lowercase()),
+        )
+        .await
     }
 
     /// Removes a suppression; answers whether there was one.
@@ -84,23 +82,21 @@ impl Tx {
     }
 
     pub async fn suppressions(&mut self, after: &str, limit: i64) -> Result<Vec<Suppression>> {
-        Ok(self
-            .all::<Suppression>(
-                Sql::new("SELECT * FROM suppressions WHERE email > $1 ORDER BY email LIMIT $2")
-                    .arg(after)
-                    .arg(limit),
-            )
-            .await?)
+        self.all::<Suppression>(
+            Sql::new("SELECT * FROM suppressions WHERE email > $1 ORDER BY email LIMIT $2")
+                .arg(after)
+                .arg(limit),
+        )
+        .await
     }
 
     /// Contacts with this address (case-insensitive domain; addresses are stored with a
     /// lowercased domain).
     pub async fn contacts_by_email(&mut self, email: &str) -> Result<Vec<Contact>> {
-        Ok(self
-            .all::<Contact>(
-                Sql::new("SELECT * FROM contacts WHERE lower(email) = lower($1)").arg(email),
-            )
-            .await?)
+        self.all::<Contact>(
+            Sql::new("SELECT * FROM contacts WHERE lower(email) = lower($1)").arg(email),
+        )
+        .await
     }
 
     pub async fn suppress(

@@ -432,7 +432,9 @@ mod tests {
     async fn sqlite() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = Store::connect(&url, 2, WriterCpu::Off).await.expect("connect");
+        let store = Store::connect(&url, 2, WriterCpu::Off)
+            .await
+            .expect("connect");
         store.migrate().await.expect("migrate");
         (dir, store)
     }
@@ -488,7 +490,10 @@ mod tests {
         expected["email"] = "via-sqlx@example.com".into();
         assert_eq!(json(&from_sqlx), expected);
         // Same text in the file, so ordering and comparisons in SQL agree.
-        let (a, b) = (stored(&store, "direct").await, stored(&store, "via-sqlx").await);
+        let (a, b) = (
+            stored(&store, "direct").await,
+            stored(&store, "via-sqlx").await,
+        );
         assert_eq!(a, b);
         assert_eq!(a.0, "2026-11-29T12:00:00.123456+00:00");
         store.close().await;
@@ -548,7 +553,8 @@ mod tests {
             .run(&(), &store, |_, tx| {
                 Box::pin(async move {
                     tx.put_contact(&contact("c1")).await?;
-                    tx.run(Sql::new("INSERT INTO nowhere VALUES ($1)").arg(1)).await?;
+                    tx.run(Sql::new("INSERT INTO nowhere VALUES ($1)").arg(1))
+                        .await?;
                     Ok(())
                 })
             })

@@ -52,39 +52,33 @@ impl Tx {
         name: &str,
         since: Option<DateTime<Utc>>,
     ) -> Result<Vec<Event>> {
-        Ok(on_conn!(self, c => {
-            match since {
-                Some(since) => sqlx::query_as::<_, Event>(
-                    "SELECT * FROM events WHERE contact_id = $1 AND name = $2 AND occurred_at >= $3
-                     ORDER BY occurred_at",
-                )
-                .bind(contact_id)
-                .bind(name)
-                .bind(since)
-                .fetch_all(c)
-                .await?,
-                None => sqlx::query_as::<_, Event>(
-                    "SELECT * FROM events WHERE contact_id = $1 AND name = $2 ORDER BY occurred_at",
-                )
-                .bind(contact_id)
-                .bind(name)
-                .fetch_all(c)
-                .await?,
-            }
-        }))
+        let q = match since {
+            Some(since) => Sql::new(
+                "SELECT * FROM events WHERE contact_id = $1 AND name = $2 AND occurred_at >= $3
+                 ORDER BY occurred_at",
+            )
+            .arg(contact_id)
+            .arg(name)
+            .arg(since),
+            None => Sql::new(
+                "SELECT * FROM events WHERE contact_id = $1 AND name = $2 ORDER BY occurred_at",
+            )
+            .arg(contact_id)
+            .arg(name),
+        };
+        self.all(q).await
     }
 
     /// The contact's most recent events, newest first.
     pub async fn recent_events(&mut self, contact_id: &str, limit: i64) -> Result<Vec<Event>> {
-        Ok(self
-            .all::<Event>(
-                Sql::new(
-                    "SELECT * FROM events WHERE contact_id = $1 ORDER BY occurred_at DESC LIMIT $2",
-                )
-                .arg(contact_id)
-                .arg(limit),
+        self.all::<Event>(
+            Sql::new(
+                "SELECT * FROM events WHERE contact_id = $1 ORDER BY occurred_at DESC LIMIT $2",
             )
-            .await?)
+            .arg(contact_id)
+            .arg(limit),
+        )
+        .await
     }
 
     /// SQLite numbers rows in the order they are stored (`rowid`; events are never deleted),

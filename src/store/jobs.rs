@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::direct::Sql;
-use super::{Job, Result, Store, Tx, job_status, on_conn};
+use super::{Backend, Job, Result, Store, Tx, job_status, on_conn};
 
 impl Tx {
     pub async fn insert_job(&mut self, job: &Job) -> Result<()> {
@@ -155,33 +155,31 @@ impl Tx {
 
     /// The open (queued or running) job of each of the contact's journeys.
     pub async fn contact_open_jobs(&mut self, contact_id: &str) -> Result<Vec<Job>> {
-        Ok(self
-            .all::<Job>(
-                Sql::new(
-                    "SELECT jobs.* FROM jobs JOIN journeys ON journeys.id = jobs.journey_id
+        self.all::<Job>(
+            Sql::new(
+                "SELECT jobs.* FROM jobs JOIN journeys ON journeys.id = jobs.journey_id
                  WHERE journeys.contact_id = $1 AND jobs.status IN ('queued', 'running')",
-                )
-                .arg(contact_id),
             )
-            .await?)
+            .arg(contact_id),
+        )
+        .await
     }
 
     pub async fn jobs_by_status(&mut self, status: &str, limit: i64) -> Result<Vec<Job>> {
-        Ok(self
-            .all::<Job>(
-                Sql::new("SELECT * FROM jobs WHERE status = $1 ORDER BY run_at LIMIT $2")
-                    .arg(status)
-                    .arg(limit),
-            )
-            .await?)
+        self.all::<Job>(
+            Sql::new("SELECT * FROM jobs WHERE status = $1 ORDER BY run_at LIMIT $2")
+                .arg(status)
+                .arg(limit),
+        )
+        .await
     }
 }
 
-impl Store {
+impl Tx {
     /// Claims up to `limit` due jobs for `worker` with a lease until `lease_until`, in one
     /// statement per backend so two workers never claim the same job.
     pub async fn claim_jobs(
-        &self,
+        &mut self,
         worker: &str,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
@@ -200,20 +198,32 @@ impl Store {
                 attempts = j.attempts + 1, updated_at = $3
              FROM next WHERE j.id = next.id
              RETURNING j.*";
-        let mut tx = self.write().await?;
-        let sql = match &tx {
-            Tx::Sqlite(_) | Tx::Direct(_) => SQLITE,
-            Tx::Postgres(_) => POSTGRES,
+        let sql = match self.backend() {
+            Backend::Sqlite => SQLITE,
+            Backend::Postgres => POSTGRES,
         };
-        let jobs = on_conn!(&mut tx, c => {
-            sqlx::query_as::<_, Job>(sql)
-                .bind(worker)
-                .bind(lease_until)
-                .bind(now)
-                .bind(limit)
-                .fetch_all(c)
-                .await?
-        });
+        self.all(
+            Sql::new(sql)
+                .arg(worker)
+                .arg(lease_until)
+                .arg(now)
+                .arg(limit),
+        )
+        .await
+    }
+}
+
+impl Store {
+    /// [`Tx::claim_jobs`] in a transaction of its own.
+    pub async fn claim_jobs(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Job>> {
+        let mut tx = self.write().await?;
+        let jobs = tx.claim_jobs(worker, now, lease_until, limit).await?;
         tx.commit().await?;
         Ok(jobs)
     }

@@ -2,10 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::types::Json;
 
 use super::direct::Sql;
-use super::{Journey, Result, Tx, journey_status, on_conn};
+use super::{Journey, Result, Tx, journey_status};
 
 impl Tx {
     /// Inserts a journey; answers false when an active journey for the same
@@ -33,9 +32,8 @@ impl Tx {
     }
 
     pub async fn get_journey(&mut self, id: &str) -> Result<Option<Journey>> {
-        Ok(self
-            .optional::<Journey>(Sql::new("SELECT * FROM journeys WHERE id = $1").arg(id))
-            .await?)
+        self.optional::<Journey>(Sql::new("SELECT * FROM journeys WHERE id = $1").arg(id))
+            .await
     }
 
     /// Journey `journey_id` when `worker` holds job `job_id` (one statement for the lease check
@@ -46,17 +44,16 @@ impl Tx {
         worker: &str,
         journey_id: &str,
     ) -> Result<Option<Journey>> {
-        Ok(self
-            .optional::<Journey>(
-                Sql::new(
-                    "SELECT journeys.* FROM jobs JOIN journeys ON journeys.id = $3
+        self.optional::<Journey>(
+            Sql::new(
+                "SELECT journeys.* FROM jobs JOIN journeys ON journeys.id = $3
                  WHERE jobs.id = $1 AND jobs.locked_by = $2 AND jobs.status = 'running'",
-                )
-                .arg(job_id)
-                .arg(worker)
-                .arg(journey_id),
             )
-            .await?)
+            .arg(job_id)
+            .arg(worker)
+            .arg(journey_id),
+        )
+        .await
     }
 
     /// The latest journey of `workflow` for this contact and key, active or not.
@@ -66,31 +63,33 @@ impl Tx {
         contact_id: &str,
         key: &str,
     ) -> Result<Option<Journey>> {
-        Ok(self.optional::<Journey>(
+        self.optional::<Journey>(
             Sql::new("SELECT * FROM journeys WHERE workflow = $1 AND contact_id = $2 AND journey_key = $3
                  ORDER BY entered_at DESC LIMIT 1")
             .arg(workflow)
             .arg(contact_id)
             .arg(key),
         )
-        .await?)
+        .await
     }
 
     pub async fn active_journeys(&mut self, contact_id: &str) -> Result<Vec<Journey>> {
-        Ok(self.all::<Journey>(
+        self.all::<Journey>(
             Sql::new("SELECT * FROM journeys WHERE contact_id = $1 AND status = 'active' ORDER BY entered_at")
             .arg(contact_id),
         )
-        .await?)
+        .await
     }
 
     pub async fn contact_journeys(&mut self, contact_id: &str, limit: i64) -> Result<Vec<Journey>> {
-        Ok(self.all::<Journey>(
-            Sql::new("SELECT * FROM journeys WHERE contact_id = $1 ORDER BY entered_at DESC LIMIT $2")
+        self.all::<Journey>(
+            Sql::new(
+                "SELECT * FROM journeys WHERE contact_id = $1 ORDER BY entered_at DESC LIMIT $2",
+            )
             .arg(contact_id)
             .arg(limit),
         )
-        .await?)
+        .await
     }
 
     /// Moves an active journey to `step`, optionally replacing its context. Answers false when
@@ -102,30 +101,23 @@ impl Tx {
         context: Option<&Value>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let done = on_conn!(self, c => {
-            match context {
-                Some(ctx) => sqlx::query(
-                    "UPDATE journeys SET step = $2, context = $3, updated_at = $4
-                     WHERE id = $1 AND status = 'active'",
-                )
-                .bind(id)
-                .bind(step)
-                .bind(Json(ctx))
-                .bind(now)
-                .execute(c)
-                .await?,
-                None => sqlx::query(
-                    "UPDATE journeys SET step = $2, updated_at = $3 WHERE id = $1 AND status = 'active'",
-                )
-                .bind(id)
-                .bind(step)
-                .bind(now)
-                .execute(c)
-                .await?,
-            }
-            .rows_affected()
-        });
-        Ok(done == 1)
+        let q = match context {
+            Some(ctx) => Sql::new(
+                "UPDATE journeys SET step = $2, context = $3, updated_at = $4
+                 WHERE id = $1 AND status = 'active'",
+            )
+            .arg(id)
+            .arg(step)
+            .arg(ctx)
+            .arg(now),
+            None => Sql::new(
+                "UPDATE journeys SET step = $2, updated_at = $3 WHERE id = $1 AND status = 'active'",
+            )
+            .arg(id)
+            .arg(step)
+            .arg(now),
+        };
+        Ok(self.run(q).await? == 1)
     }
 
     /// Records the last etiquette decision about a journey.

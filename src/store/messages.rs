@@ -10,47 +10,49 @@ impl Tx {
     /// Inserts the message unless its (journey, step, iteration) exists; returns the stored row.
     /// The insert returns the new row, so only a retried step reads the existing one.
     pub async fn ensure_message(&mut self, m: &Message) -> Result<Message> {
-        Ok(on_conn!(self, c => {
-            let inserted = sqlx::query_as::<_, Message>(
-                "INSERT INTO messages (id, journey_id, step, iteration, contact_id, workflow, template,
-                   category, to_email, subject, status, transport, provider_message_id, detail, attempts,
-                   created_at, updated_at, sent_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
-                 ON CONFLICT (journey_id, step, iteration) DO NOTHING
-                 RETURNING *",
+        let inserted = self
+            .optional::<Message>(
+                Sql::new(
+                    "INSERT INTO messages (id, journey_id, step, iteration, contact_id, workflow,
+                       template, category, to_email, subject, status, transport,
+                       provider_message_id, detail, attempts, created_at, updated_at, sent_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                       $17, $18)
+                     ON CONFLICT (journey_id, step, iteration) DO NOTHING
+                     RETURNING *",
+                )
+                .arg(&m.id)
+                .arg(&m.journey_id)
+                .arg(&m.step)
+                .arg(m.iteration)
+                .arg(&m.contact_id)
+                .arg(&m.workflow)
+                .arg(&m.template)
+                .arg(&m.category)
+                .arg(&m.to_email)
+                .arg(&m.subject)
+                .arg(&m.status)
+                .arg(&m.transport)
+                .arg(&m.provider_message_id)
+                .arg(&m.detail)
+                .arg(m.attempts)
+                .arg(m.created_at)
+                .arg(m.updated_at)
+                .arg(m.sent_at),
             )
-            .bind(&m.id)
-            .bind(&m.journey_id)
-            .bind(&m.step)
-            .bind(m.iteration)
-            .bind(&m.contact_id)
-            .bind(&m.workflow)
-            .bind(&m.template)
-            .bind(&m.category)
-            .bind(&m.to_email)
-            .bind(&m.subject)
-            .bind(&m.status)
-            .bind(&m.transport)
-            .bind(&m.provider_message_id)
-            .bind(&m.detail)
-            .bind(m.attempts)
-            .bind(m.created_at)
-            .bind(m.updated_at)
-            .bind(m.sent_at)
-            .fetch_optional(&mut *c)
             .await?;
-            if let Some(row) = inserted {
-                return Ok(row);
-            }
-            sqlx::query_as::<_, Message>(
+        if let Some(row) = inserted {
+            return Ok(row);
+        }
+        self.one(
+            Sql::new(
                 "SELECT * FROM messages WHERE journey_id = $1 AND step = $2 AND iteration = $3",
             )
-            .bind(&m.journey_id)
-            .bind(&m.step)
-            .bind(m.iteration)
-            .fetch_one(&mut *c)
-            .await?
-        }))
+            .arg(&m.journey_id)
+            .arg(&m.step)
+            .arg(m.iteration),
+        )
+        .await
     }
 
     /// Moves a message from status `from` to `to`, recording what is known. Answers false when
@@ -107,9 +109,8 @@ impl Tx {
     }
 
     pub async fn get_message(&mut self, id: &str) -> Result<Option<Message>> {
-        Ok(self
-            .optional::<Message>(Sql::new("SELECT * FROM messages WHERE id = $1").arg(id))
-            .await?)
+        self.optional::<Message>(Sql::new("SELECT * FROM messages WHERE id = $1").arg(id))
+            .await
     }
 
     /// The journey's message for `step` (latest iteration).
@@ -118,21 +119,23 @@ impl Tx {
         journey_id: &str,
         step: &str,
     ) -> Result<Option<Message>> {
-        Ok(self.optional::<Message>(
+        self.optional::<Message>(
             Sql::new("SELECT * FROM messages WHERE journey_id = $1 AND step = $2 ORDER BY iteration DESC LIMIT 1")
             .arg(journey_id)
             .arg(step),
         )
-        .await?)
+        .await
     }
 
     pub async fn contact_messages(&mut self, contact_id: &str, limit: i64) -> Result<Vec<Message>> {
-        Ok(self.all::<Message>(
-            Sql::new("SELECT * FROM messages WHERE contact_id = $1 ORDER BY created_at DESC LIMIT $2")
+        self.all::<Message>(
+            Sql::new(
+                "SELECT * FROM messages WHERE contact_id = $1 ORDER BY created_at DESC LIMIT $2",
+            )
             .arg(contact_id)
             .arg(limit),
         )
-        .await?)
+        .await
     }
 
     /// Adds ledger entries whose (provider, provider_event_id) is not there yet, in one
@@ -254,14 +257,11 @@ impl Tx {
 
     /// The delivery ledger of a message, oldest first.
     pub async fn message_deliveries(&mut self, message_id: &str) -> Result<Vec<DeliveryRow>> {
-        Ok(self
-            .all::<DeliveryRow>(
-                Sql::new(
-                    "SELECT * FROM delivery_events WHERE message_id = $1 ORDER BY occurred_at",
-                )
+        self.all::<DeliveryRow>(
+            Sql::new("SELECT * FROM delivery_events WHERE message_id = $1 ORDER BY occurred_at")
                 .arg(message_id),
-            )
-            .await?)
+        )
+        .await
     }
 
     /// Records a one-time webhook token; answers false if it was seen before (a replay).
@@ -303,10 +303,9 @@ impl Tx {
 
     /// Message counts by status (for reports and tests).
     pub async fn message_status_counts(&mut self) -> Result<Vec<(String, i64)>> {
-        Ok(self
-            .all(Sql::new(
-                "SELECT status, COUNT(*) FROM messages GROUP BY status ORDER BY status",
-            ))
-            .await?)
+        self.all(Sql::new(
+            "SELECT status, COUNT(*) FROM messages GROUP BY status ORDER BY status",
+        ))
+        .await
     }
 }

@@ -252,7 +252,22 @@ direct_row!(Suppression {
     created_at
 });
 direct_row!(DeliveryRow {
-    id, provider, provider_event_id, message_id, provider_message_id, recipient, kind, severity,
-    detail, machine, occurred_at, received_at,
+    id,
+    provider,
+    provider_event_id,
+    message_id,
+    provider_message_id,
+    recipient,
+    kind,
+    severity,
+    detail,
+    machine,
+    occurred_at,
+    received_at,
 });
-direct_row!(TriggerTime { workflow, contact_id, fire_at, occurrence });
+direct_row!(TriggerTime {
+    workflow,
+    contact_id,
+    fire_at,
+    occurrence
+});

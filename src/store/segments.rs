@@ -90,14 +90,14 @@ impl Tx {
              ORDER BY contact_id, segment",
             Params::new(self.backend()).list(contact_ids.len())
         );
-        Ok(on_conn!(self, c => {
+        Ok({
             // Only placeholders are spliced in; every value is bound.
-            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+            let mut q = Sql::new(sql);
             for id in contact_ids {
-                q = q.bind(id);
+                q = q.arg(id);
             }
-            q.fetch_all(c).await?
-        }))
+            self.all(q).await?
+        })
     }
 
     /// The contacts' events of the names in `reads`, each since its instant, oldest first per
@@ -130,26 +130,26 @@ impl Tx {
              ORDER BY contact_id, occurred_at",
             since.join(" ")
         );
-        Ok(on_conn!(self, c => {
+        Ok({
             // Only placeholders are spliced in; every value is bound, in the order it appears.
-            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+            let mut q = Sql::new(sql);
             if with_properties.is_empty() {
-                q = q.bind("");
+                q = q.arg("");
             }
             for name in &with_properties {
-                q = q.bind(*name);
+                q = q.arg(*name);
             }
             for id in contact_ids {
-                q = q.bind(id);
+                q = q.arg(id);
             }
             for r in reads {
-                q = q.bind(r.name);
+                q = q.arg(r.name);
             }
             for r in reads {
-                q = q.bind(r.name).bind(r.since);
+                q = q.arg(r.name).arg(r.since);
             }
-            q.fetch_all(c).await?
-        }))
+            self.all(q).await?
+        })
     }
 
     /// The contacts with these ids (those that exist), in one query.
@@ -160,13 +160,13 @@ impl Tx {
                 "SELECT * FROM contacts WHERE id IN ({})",
                 Params::new(self.backend()).list(chunk.len())
             );
-            let rows: Vec<super::Contact> = on_conn!(self, c => {
-                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+            let rows: Vec<super::Contact> = {
+                let mut q = Sql::new(sql);
                 for id in chunk {
-                    q = q.bind(*id);
+                    q = q.arg(*id);
                 }
-                q.fetch_all(c).await?
-            });
+                self.all(q).await?
+            };
             found.extend(rows);
         }
         Ok(found)
@@ -180,13 +180,13 @@ impl Tx {
                  ON CONFLICT (segment, contact_id) DO NOTHING",
                 Params::new(self.backend()).rows(chunk.len(), 3)
             );
-            on_conn!(self, c => {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            {
+                let mut q = Sql::new(sql);
                 for (segment, contact) in chunk {
-                    q = q.bind(*segment).bind(*contact).bind(now);
+                    q = q.arg(*segment).arg(*contact).arg(now);
                 }
-                q.execute(c).await?;
-            });
+                self.run(q).await?;
+            };
         }
         Ok(())
     }
@@ -217,13 +217,13 @@ impl Tx {
                      FROM (VALUES {values}) AS v (id, profile, orders) WHERE contacts.id = v.id"
                 ),
             };
-            on_conn!(self, c => {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            {
+                let mut q = Sql::new(sql);
                 for (id, profile, orders) in chunk {
-                    q = q.bind(*id).bind(Json(*profile)).bind(*orders);
+                    q = q.arg(*id).arg(Json(*profile)).arg(*orders);
                 }
-                q.execute(c).await?;
-            });
+                self.run(q).await?;
+            };
         }
         Ok(())
     }
@@ -246,26 +246,26 @@ impl Tx {
                  ON CONFLICT (contact_id) DO UPDATE SET due_at = excluded.due_at",
                 Params::new(self.backend()).rows(chunk.len(), 2)
             );
-            on_conn!(self, c => {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            {
+                let mut q = Sql::new(sql);
                 for (id, at) in chunk {
-                    q = q.bind(*id).bind(*at);
+                    q = q.arg(*id).arg(*at);
                 }
-                q.execute(c).await?;
-            });
+                self.run(q).await?;
+            };
         }
         for chunk in never.chunks(1000) {
             let sql = format!(
                 "DELETE FROM segment_due WHERE contact_id IN ({})",
                 Params::new(self.backend()).list(chunk.len())
             );
-            on_conn!(self, c => {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            {
+                let mut q = Sql::new(sql);
                 for id in chunk {
-                    q = q.bind(*id);
+                    q = q.arg(*id);
                 }
-                q.execute(c).await?;
-            });
+                self.run(q).await?;
+            };
         }
         Ok(())
     }
@@ -299,14 +299,14 @@ impl Tx {
             );
             // (contact, last human open, last human click)
             type Newest = (String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-            let rows: Vec<Newest> = on_conn!(self, c => {
+            let rows: Vec<Newest> = {
                 // Only placeholders and the two constant event names are spliced in.
-                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+                let mut q = Sql::new(sql);
                 for id in chunk {
-                    q = q.bind(id);
+                    q = q.arg(id);
                 }
-                q.fetch_all(c).await?
-            });
+                self.all(q).await?
+            };
             found.extend(
                 rows.into_iter()
                     .filter_map(|(id, opened, clicked)| Some((id, opened.max(clicked)?))),
@@ -359,19 +359,19 @@ impl Tx {
                 "{contacts} SELECT v.id, CASE {} END AS tier FROM v",
                 cases.join(" ")
             );
-            let rows: Vec<(String, Option<i64>)> = on_conn!(self, c => {
+            let rows: Vec<(String, Option<i64>)> = {
                 // Only placeholders and tier numbers are spliced in; every value is bound.
-                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+                let mut q = Sql::new(sql);
                 for id in chunk {
-                    q = q.bind(id);
+                    q = q.arg(id);
                 }
                 for (_, names) in &tiers {
                     for name in names.iter() {
-                        q = q.bind(*name);
+                        q = q.arg(*name);
                     }
                 }
-                q.fetch_all(c).await?
-            });
+                self.all(q).await?
+            };
             found.extend(
                 rows.into_iter()
                     .filter_map(|(id, tier)| Some((id, usize::try_from(tier?).ok()?))),
@@ -393,13 +393,13 @@ impl Tx {
              AND status IN ('sent', 'unknown') GROUP BY contact_id",
             Params::new(self.backend()).list(contact_ids.len())
         );
-        let rows: Vec<(String, i64)> = on_conn!(self, c => {
-            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+        let rows: Vec<(String, i64)> = {
+            let mut q = Sql::new(sql);
             for id in contact_ids {
-                q = q.bind(id);
+                q = q.arg(id);
             }
-            q.fetch_all(c).await?
-        });
+            self.all(q).await?
+        };
         Ok(rows.into_iter().collect())
     }
 
@@ -410,18 +410,17 @@ impl Tx {
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<u64> {
-        Ok(self
-            .run(
-                Sql::new(
-                    "INSERT INTO segment_due (contact_id, due_at)
+        self.run(
+            Sql::new(
+                "INSERT INTO segment_due (contact_id, due_at)
                  SELECT DISTINCT m.contact_id, $2 FROM messages m
                  WHERE m.created_at >= $1 AND m.status IN ('sent', 'unknown')
                  ON CONFLICT (contact_id) DO UPDATE SET due_at = excluded.due_at",
-                )
-                .arg(since)
-                .arg(now),
             )
-            .await?)
+            .arg(since)
+            .arg(now),
+        )
+        .await
     }
 
     /// Stores a segment's definition; true when it is new or changed. Only one of several
@@ -508,12 +507,12 @@ impl Tx {
         cursor: &str,
         limit: i64,
     ) -> Result<Vec<(String, Json<Value>)>> {
-        Ok(self.all(
+        self.all(
             Sql::new("SELECT id, profile FROM contacts WHERE orders > 0 AND id > $1 ORDER BY id LIMIT $2")
             .arg(cursor)
             .arg(limit),
         )
-        .await?)
+        .await
     }
 }
 
@@ -586,19 +585,19 @@ impl Tx {
                  ON CONFLICT (id) DO NOTHING",
                 Params::new(self.backend()).rows(chunk.len(), 6)
             );
-            on_conn!(self, c => {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            {
+                let mut q = Sql::new(sql);
                 for r in chunk {
                     q = q
-                        .bind(&r.id)
-                        .bind(&r.email)
-                        .bind(&r.attributes)
-                        .bind(r.subscribed)
-                        .bind(r.created_at)
-                        .bind(r.updated_at);
+                        .arg(&r.id)
+                        .arg(&r.email)
+                        .arg(&r.attributes)
+                        .arg(r.subscribed)
+                        .arg(r.created_at)
+                        .arg(r.updated_at);
                 }
-                q.execute(c).await?;
-            });
+                self.run(q).await?;
+            };
         }
         Ok(())
     }

@@ -154,14 +154,14 @@ impl Tx {
         limit: i64,
         subscribed_only: bool,
     ) -> Result<Vec<Contact>> {
-        Ok(self.all::<Contact>(
+        self.all::<Contact>(
             Sql::new("SELECT * FROM contacts WHERE id > $1 AND (subscribed = $3 OR $4) ORDER BY id LIMIT $2")
             .arg(cursor)
             .arg(limit)
             .arg(true)
             .arg(!subscribed_only),
         )
-        .await?)
+        .await
     }
 }
 
