@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 
-use super::direct::Sql;
-use super::{Backend, Event, Result, Tx, on_conn};
+use super::direct::{Params, Sql};
+use super::{Backend, Event, Result, Tx};
 
 impl Tx {
     /// Stores the event unless one with the same id exists; answers whether it was new.
@@ -28,21 +28,22 @@ impl Tx {
         if events.is_empty() {
             return Ok(0);
         }
-        Ok(on_conn!(self, c => {
-            let mut q = sqlx::QueryBuilder::new(
-                "INSERT INTO events (id, contact_id, name, properties, occurred_at, received_at) ",
-            );
-            q.push_values(events, |mut v, e| {
-                v.push_bind(&e.id)
-                    .push_bind(&e.contact_id)
-                    .push_bind(&e.name)
-                    .push_bind(&e.properties)
-                    .push_bind(e.occurred_at)
-                    .push_bind(e.received_at);
-            });
-            q.push(" ON CONFLICT (id) DO NOTHING");
-            q.build().execute(c).await?.rows_affected()
-        }))
+        let sql = format!(
+            "INSERT INTO events (id, contact_id, name, properties, occurred_at, received_at)
+             VALUES {} ON CONFLICT (id) DO NOTHING",
+            Params::new(self.backend()).rows(events.len(), 6)
+        );
+        let mut q = Sql::new(sql);
+        for e in events {
+            q = q
+                .arg(&e.id)
+                .arg(&e.contact_id)
+                .arg(&e.name)
+                .arg(&e.properties)
+                .arg(e.occurred_at)
+                .arg(e.received_at);
+        }
+        self.run(q).await
     }
 
     /// The contact's events named `name` that occurred at or after `since` (all when `None`).

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::direct::Sql;
+use super::direct::{Params, Sql};
 use super::{Backend, Result, Store, Tx, on_conn};
 
 /// One stored event as segment evaluation reads it: (contact, name, time, properties when read).
@@ -17,45 +17,6 @@ pub struct FactRead<'a> {
     pub name: &'a str,
     pub since: DateTime<Utc>,
     pub properties: bool,
-}
-
-/// Placeholders for values bound in the order they appear in the statement: `$1, $2, …` on
-/// PostgreSQL, `?, ?, …` on SQLite. SQLite finds a named or numbered parameter by a linear scan,
-/// both when it prepares a statement and when sqlx binds each value, so statements with
-/// thousands of `$N` values took quadratic time (a fifth of a full recompute); bare `?`
-/// parameters skip the scan.
-struct Params {
-    backend: Backend,
-    next: usize,
-}
-
-impl Params {
-    fn new(backend: Backend) -> Params {
-        Params { backend, next: 1 }
-    }
-
-    fn one(&mut self) -> String {
-        match self.backend {
-            Backend::Sqlite => "?".to_owned(),
-            Backend::Postgres => {
-                self.next += 1;
-                format!("${}", self.next - 1)
-            }
-        }
-    }
-
-    /// `n` placeholders, comma-separated.
-    fn list(&mut self, n: usize) -> String {
-        (0..n).map(|_| self.one()).collect::<Vec<_>>().join(", ")
-    }
-
-    /// `(…), (…)`: `n` rows of `width` placeholders.
-    fn rows(&mut self, n: usize, width: usize) -> String {
-        (0..n)
-            .map(|_| format!("({})", self.list(width)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
 }
 
 /// `WITH v (id) AS (VALUES (…), …)`: `n` contact ids as a table `v` the query goes on to read.
