@@ -169,10 +169,10 @@ async fn run_batch<C: Sync>(ctx: &C, store: &Store, mut batch: Vec<Pending<C>>) 
 
 /// Runs the batch on the writer connection used directly (see [`super::direct`]).
 async fn direct<C: Sync>(ctx: &C, store: &Store, batch: &mut [Pending<C>]) -> Result<()> {
-    let mut conn = store.writer_connection().await?;
+    let (mut conn, prepared) = store.writer_connection().await?;
     let mut handle = conn.lock_handle().await?;
     // Declared after `handle`, so dropped (rolled back, unless committed) before it.
-    let mut tx = Tx::Direct(Direct::begin(&mut handle)?);
+    let mut tx = Tx::Direct(Direct::begin(&mut handle, &prepared)?);
     for p in batch.iter_mut() {
         (p.op)(ctx, &mut tx).await?;
     }

@@ -72,6 +72,9 @@ pub enum Backend {
 #[derive(Clone)]
 pub enum Store {
     Sqlite {
+        /// Statements the direct writer connection keeps prepared; declared before `writer`
+        /// so they are finalized before the pool can close the connection.
+        prepared: Arc<direct::Prepared>,
         writer: SqlitePool,
         /// The thread the writer connection was opened from, where grouped writes run.
         writer_thread: Arc<WriterThread>,
@@ -131,8 +134,11 @@ impl Store {
             // A SQLite connection is a file handle in this process: it cannot go stale the way
             // a network connection can, so the pool does not ping it before every transaction
             // (each ping is a round trip to its thread).
+            // Serialized: the direct connection's statements may be finalized from any thread
+            // (see `direct::Prepared`).
             let writer_options = options
                 .clone()
+                .serialized(true)
                 .pragma("cache_size", "-16384")
                 .pragma("temp_store", "memory")
                 .pragma(
@@ -159,6 +165,7 @@ impl Store {
                 .connect_with(options.read_only(false))
                 .await?;
             Ok(Store::Sqlite {
+                prepared: Arc::default(),
                 writer,
                 writer_thread: Arc::new(writer_thread),
                 reader,
@@ -235,12 +242,15 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Sqlite {
+                prepared,
                 writer,
                 writer_thread,
                 reader,
                 checkpoints,
             } => {
                 checkpoints.stop();
+                // sqlx cannot close a connection with statements it does not know of.
+                prepared.close();
                 writer.close().await;
                 writer_thread.stop();
                 reader.close().await;
