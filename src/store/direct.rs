@@ -21,6 +21,7 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use rusqlite::types::ValueRef;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::{LockedSqliteHandle, SqliteRow};
 use sqlx::types::Json;
@@ -51,7 +52,8 @@ pub enum Arg {
     Real(Option<f64>),
     Bool(Option<bool>),
     Time(Option<DateTime<Utc>>),
-    Json(Option<Value>),
+    /// JSON already serialized, so a document is not copied before it is written.
+    Json(Option<Box<RawValue>>),
 }
 
 macro_rules! arg_from {
@@ -77,15 +79,21 @@ arg_from! {
     f64 => Real(std::convert::identity),
     bool => Bool(std::convert::identity),
     DateTime<Utc> => Time(std::convert::identity),
-    &Value => Json(Value::clone),
-    &Json<Value> => Json(|j: &Json<Value>| j.0.clone()),
-    Json<&Value> => Json(|j: Json<&Value>| j.0.clone()),
+    &Value => Json(raw_json),
+    &Json<Value> => Json(|j: &Json<Value>| raw_json(&j.0)),
+    Json<&Value> => Json(|j: Json<&Value>| raw_json(j.0)),
 }
 
 impl From<&Option<String>> for Arg {
     fn from(v: &Option<String>) -> Arg {
         Arg::Text(v.clone())
     }
+}
+
+/// `value` serialized, as sqlx would write it.
+fn raw_json(value: &Value) -> Box<RawValue> {
+    // A `Value` always prints as valid JSON, so this never falls back.
+    RawValue::from_string(value.to_string()).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
 
 /// A statement and its arguments, runnable on any [`Tx`]. Parameters are `$N` (or `?` for
@@ -417,7 +425,7 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, i: usize, arg: &Arg) -> rusqlite::Re
         Arg::Real(v) => stmt.raw_bind_parameter(i, v),
         Arg::Bool(v) => stmt.raw_bind_parameter(i, v.map(i64::from)),
         Arg::Time(v) => stmt.raw_bind_parameter(i, v.map(sqlite_time)),
-        Arg::Json(v) => stmt.raw_bind_parameter(i, v.as_ref().map(Value::to_string)),
+        Arg::Json(v) => stmt.raw_bind_parameter(i, v.as_ref().map(|raw| raw.get())),
     }
 }
 
@@ -630,8 +638,14 @@ mod tests {
         let prepared = Prepared::default();
         assert!(prepared.take(1).is_none());
         prepared.put(1, conn());
-        assert!(prepared.take(2).is_none(), "another handle: a new connection");
-        assert!(prepared.take(1).is_none(), "dropped when the handle changed");
+        assert!(
+            prepared.take(2).is_none(),
+            "another handle: a new connection"
+        );
+        assert!(
+            prepared.take(1).is_none(),
+            "dropped when the handle changed"
+        );
         prepared.put(1, conn());
         assert!(prepared.take(1).is_some());
         prepared.put(1, conn());
@@ -656,7 +670,9 @@ mod tests {
         store.close().await;
         // Closed cleanly: the file opens again with both rows.
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = Store::connect(&url, 2, WriterCpu::Off).await.expect("reopen");
+        let store = Store::connect(&url, 2, WriterCpu::Off)
+            .await
+            .expect("reopen");
         let mut tx = store.read().await.expect("read");
         let n: (i64,) = tx
             .one(Sql::new("SELECT COUNT(*) FROM contacts"))
