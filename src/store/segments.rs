@@ -51,14 +51,12 @@ impl Tx {
              ORDER BY contact_id, segment",
             Params::new(self.backend()).list(contact_ids.len())
         );
-        Ok({
-            // Only placeholders are spliced in; every value is bound.
-            let mut q = Sql::new(sql);
-            for id in contact_ids {
-                q = q.arg(id);
-            }
-            self.all(q).await?
-        })
+        // Only placeholders are spliced in; every value is bound.
+        let mut q = Sql::new(sql);
+        for id in contact_ids {
+            q = q.arg(id);
+        }
+        self.all(q).await
     }
 
     /// The contacts' events of the names in `reads`, each since its instant, oldest first per
@@ -91,26 +89,24 @@ impl Tx {
              ORDER BY contact_id, occurred_at",
             since.join(" ")
         );
-        Ok({
-            // Only placeholders are spliced in; every value is bound, in the order it appears.
-            let mut q = Sql::new(sql);
-            if with_properties.is_empty() {
-                q = q.arg("");
-            }
-            for name in &with_properties {
-                q = q.arg(*name);
-            }
-            for id in contact_ids {
-                q = q.arg(id);
-            }
-            for r in reads {
-                q = q.arg(r.name);
-            }
-            for r in reads {
-                q = q.arg(r.name).arg(r.since);
-            }
-            self.all(q).await?
-        })
+        // Only placeholders are spliced in; every value is bound, in the order it appears.
+        let mut q = Sql::new(sql);
+        if with_properties.is_empty() {
+            q = q.arg("");
+        }
+        for name in &with_properties {
+            q = q.arg(*name);
+        }
+        for id in contact_ids {
+            q = q.arg(id);
+        }
+        for r in reads {
+            q = q.arg(r.name);
+        }
+        for r in reads {
+            q = q.arg(r.name).arg(r.since);
+        }
+        self.all(q).await
     }
 
     /// The contacts with these ids (those that exist), in one query.
@@ -121,13 +117,11 @@ impl Tx {
                 "SELECT * FROM contacts WHERE id IN ({})",
                 Params::new(self.backend()).list(chunk.len())
             );
-            let rows: Vec<super::Contact> = {
-                let mut q = Sql::new(sql);
-                for id in chunk {
-                    q = q.arg(*id);
-                }
-                self.all(q).await?
-            };
+            let mut q = Sql::new(sql);
+            for id in chunk {
+                q = q.arg(*id);
+            }
+            let rows: Vec<super::Contact> = self.all(q).await?;
             found.extend(rows);
         }
         Ok(found)
@@ -141,13 +135,11 @@ impl Tx {
                  ON CONFLICT (segment, contact_id) DO NOTHING",
                 Params::new(self.backend()).rows(chunk.len(), 3)
             );
-            {
-                let mut q = Sql::new(sql);
-                for (segment, contact) in chunk {
-                    q = q.arg(*segment).arg(*contact).arg(now);
-                }
-                self.run(q).await?;
-            };
+            let mut q = Sql::new(sql);
+            for (segment, contact) in chunk {
+                q = q.arg(*segment).arg(*contact).arg(now);
+            }
+            self.run(q).await?;
         }
         Ok(())
     }
@@ -178,13 +170,11 @@ impl Tx {
                      FROM (VALUES {values}) AS v (id, profile, orders) WHERE contacts.id = v.id"
                 ),
             };
-            {
-                let mut q = Sql::new(sql);
-                for (id, profile, orders) in chunk {
-                    q = q.arg(*id).arg(Json(*profile)).arg(*orders);
-                }
-                self.run(q).await?;
-            };
+            let mut q = Sql::new(sql);
+            for (id, profile, orders) in chunk {
+                q = q.arg(*id).arg(Json(*profile)).arg(*orders);
+            }
+            self.run(q).await?;
         }
         Ok(())
     }
@@ -207,26 +197,22 @@ impl Tx {
                  ON CONFLICT (contact_id) DO UPDATE SET due_at = excluded.due_at",
                 Params::new(self.backend()).rows(chunk.len(), 2)
             );
-            {
-                let mut q = Sql::new(sql);
-                for (id, at) in chunk {
-                    q = q.arg(*id).arg(*at);
-                }
-                self.run(q).await?;
-            };
+            let mut q = Sql::new(sql);
+            for (id, at) in chunk {
+                q = q.arg(*id).arg(*at);
+            }
+            self.run(q).await?;
         }
         for chunk in never.chunks(1000) {
             let sql = format!(
                 "DELETE FROM segment_due WHERE contact_id IN ({})",
                 Params::new(self.backend()).list(chunk.len())
             );
-            {
-                let mut q = Sql::new(sql);
-                for id in chunk {
-                    q = q.arg(*id);
-                }
-                self.run(q).await?;
-            };
+            let mut q = Sql::new(sql);
+            for id in chunk {
+                q = q.arg(*id);
+            }
+            self.run(q).await?;
         }
         Ok(())
     }
@@ -260,14 +246,12 @@ impl Tx {
             );
             // (contact, last human open, last human click)
             type Newest = (String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-            let rows: Vec<Newest> = {
-                // Only placeholders and the two constant event names are spliced in.
-                let mut q = Sql::new(sql);
-                for id in chunk {
-                    q = q.arg(id);
-                }
-                self.all(q).await?
-            };
+            // Only placeholders and the two constant event names are spliced in.
+            let mut q = Sql::new(sql);
+            for id in chunk {
+                q = q.arg(id);
+            }
+            let rows: Vec<Newest> = self.all(q).await?;
             found.extend(
                 rows.into_iter()
                     .filter_map(|(id, opened, clicked)| Some((id, opened.max(clicked)?))),
@@ -320,19 +304,17 @@ impl Tx {
                 "{contacts} SELECT v.id, CASE {} END AS tier FROM v",
                 cases.join(" ")
             );
-            let rows: Vec<(String, Option<i64>)> = {
-                // Only placeholders and tier numbers are spliced in; every value is bound.
-                let mut q = Sql::new(sql);
-                for id in chunk {
-                    q = q.arg(id);
+            // Only placeholders and tier numbers are spliced in; every value is bound.
+            let mut q = Sql::new(sql);
+            for id in chunk {
+                q = q.arg(id);
+            }
+            for (_, names) in &tiers {
+                for name in names.iter() {
+                    q = q.arg(*name);
                 }
-                for (_, names) in &tiers {
-                    for name in names.iter() {
-                        q = q.arg(*name);
-                    }
-                }
-                self.all(q).await?
-            };
+            }
+            let rows: Vec<(String, Option<i64>)> = self.all(q).await?;
             found.extend(
                 rows.into_iter()
                     .filter_map(|(id, tier)| Some((id, usize::try_from(tier?).ok()?))),
@@ -354,13 +336,11 @@ impl Tx {
              AND status IN ('sent', 'unknown') GROUP BY contact_id",
             Params::new(self.backend()).list(contact_ids.len())
         );
-        let rows: Vec<(String, i64)> = {
-            let mut q = Sql::new(sql);
-            for id in contact_ids {
-                q = q.arg(id);
-            }
-            self.all(q).await?
-        };
+        let mut q = Sql::new(sql);
+        for id in contact_ids {
+            q = q.arg(id);
+        }
+        let rows: Vec<(String, i64)> = self.all(q).await?;
         Ok(rows.into_iter().collect())
     }
 
@@ -546,19 +526,17 @@ impl Tx {
                  ON CONFLICT (id) DO NOTHING",
                 Params::new(self.backend()).rows(chunk.len(), 6)
             );
-            {
-                let mut q = Sql::new(sql);
-                for r in chunk {
-                    q = q
-                        .arg(&r.id)
-                        .arg(&r.email)
-                        .arg(&r.attributes)
-                        .arg(r.subscribed)
-                        .arg(r.created_at)
-                        .arg(r.updated_at);
-                }
-                self.run(q).await?;
-            };
+            let mut q = Sql::new(sql);
+            for r in chunk {
+                q = q
+                    .arg(&r.id)
+                    .arg(&r.email)
+                    .arg(&r.attributes)
+                    .arg(r.subscribed)
+                    .arg(r.created_at)
+                    .arg(r.updated_at);
+            }
+            self.run(q).await?;
         }
         Ok(())
     }
