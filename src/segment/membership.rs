@@ -526,24 +526,34 @@ pub async fn sweep(core: &Core) -> Result<usize> {
             return Ok(seen);
         }
         seen += due.len();
-        let mut tx = core.store.write().await?;
-        let ids: Vec<&str> = due.iter().map(String::as_str).collect();
-        tx.lock_contacts(&ids).await?;
-        let mut contacts = tx.contacts_by_ids(&ids).await?;
-        contacts.sort_by(|a, b| a.id.cmp(&b.id));
-        let gone: Vec<(&str, Option<DateTime<Utc>>)> = ids
-            .iter()
-            .filter(|id| {
-                contacts
-                    .binary_search_by(|c| c.id.as_str().cmp(id))
-                    .is_err()
+        // A grouped write: on SQLite it runs on the writer connection directly.
+        let due = std::sync::Arc::new(due);
+        core.group
+            .run(core, &core.store, move |core, tx| {
+                let due = std::sync::Arc::clone(&due);
+                Box::pin(async move { sweep_batch(tx, core, &due, now).await })
             })
-            .map(|id| (*id, None))
-            .collect();
-        tx.set_segment_dues(&gone).await?;
-        evaluate_batch(&mut tx, core, &contacts, false, Cause::Sweep, now).await?;
-        tx.commit().await?;
+            .await?;
     }
+}
+
+/// Re-evaluates the due contacts `due` in `tx`; those that no longer exist are no longer due.
+async fn sweep_batch(tx: &mut Tx, core: &Core, due: &[String], now: DateTime<Utc>) -> Result<()> {
+    let ids: Vec<&str> = due.iter().map(String::as_str).collect();
+    tx.lock_contacts(&ids).await?;
+    let mut contacts = tx.contacts_by_ids(&ids).await?;
+    contacts.sort_by(|a, b| a.id.cmp(&b.id));
+    let gone: Vec<(&str, Option<DateTime<Utc>>)> = ids
+        .iter()
+        .filter(|id| {
+            contacts
+                .binary_search_by(|c| c.id.as_str().cmp(id))
+                .is_err()
+        })
+        .map(|id| (*id, None))
+        .collect();
+    tx.set_segment_dues(&gone).await?;
+    evaluate_batch(tx, core, &contacts, false, Cause::Sweep, now).await
 }
 
 fn job(kind: &str, now: DateTime<Utc>, max_attempts: i64) -> Job {
