@@ -597,6 +597,15 @@ mod tests {
         .expect("row")
     }
 
+    async fn contacts(store: &Store) -> i64 {
+        let mut tx = store.read().await.expect("read");
+        let n: (i64,) = tx
+            .one(Sql::new("SELECT COUNT(*) FROM contacts"))
+            .await
+            .expect("count");
+        n.0
+    }
+
     #[tokio::test]
     async fn rows_written_directly_read_and_store_exactly_as_through_sqlx() {
         let (_dir, store) = sqlite().await;
@@ -673,13 +682,7 @@ mod tests {
         let store = Store::connect(&url, 2, WriterCpu::Off)
             .await
             .expect("reopen");
-        let mut tx = store.read().await.expect("read");
-        let n: (i64,) = tx
-            .one(Sql::new("SELECT COUNT(*) FROM contacts"))
-            .await
-            .expect("count");
-        assert_eq!(n.0, 2);
-        drop(tx);
+        assert_eq!(contacts(&store).await, 2);
         store.close().await;
     }
 
@@ -719,13 +722,7 @@ mod tests {
             .await
             .expect("second write");
         assert!(direct);
-        let mut tx = store.read().await.expect("read");
-        let n: (i64,) = tx
-            .one(Sql::new("SELECT COUNT(*) FROM contacts"))
-            .await
-            .expect("count");
-        assert_eq!(n.0, 2);
-        drop(tx);
+        assert_eq!(contacts(&store).await, 2);
         store.close().await;
     }
 

@@ -137,12 +137,7 @@ impl<C: Send + Sync + 'static> GroupCommit<C> {
 async fn run_batch<C: Sync>(ctx: &C, store: &Store, mut batch: Vec<Pending<C>>) {
     if store.backend() == Backend::Sqlite {
         match direct(ctx, store, &mut batch).await {
-            Ok(()) => {
-                for p in batch {
-                    let _ = p.done.send(Ok(()));
-                }
-                return;
-            }
+            Ok(()) => return committed(batch),
             Err(e) => {
                 tracing::debug!(error = %e, ops = batch.len(), "direct write failed; running it through sqlx");
             }
@@ -150,12 +145,7 @@ async fn run_batch<C: Sync>(ctx: &C, store: &Store, mut batch: Vec<Pending<C>>) 
     }
     if batch.len() > 1 {
         match together(ctx, store, &mut batch).await {
-            Ok(()) => {
-                for p in batch {
-                    let _ = p.done.send(Ok(()));
-                }
-                return;
-            }
+            Ok(()) => return committed(batch),
             Err(e) => {
                 tracing::debug!(error = %e, ops = batch.len(), "batched write failed; running its operations one by one");
             }
@@ -164,6 +154,13 @@ async fn run_batch<C: Sync>(ctx: &C, store: &Store, mut batch: Vec<Pending<C>>) 
     for mut p in batch {
         let result = alone(ctx, store, &mut p.op).await;
         let _ = p.done.send(result);
+    }
+}
+
+/// Tells every submitter of a committed batch.
+fn committed<C>(batch: Vec<Pending<C>>) {
+    for p in batch {
+        let _ = p.done.send(Ok(()));
     }
 }
 
