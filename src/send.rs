@@ -1,8 +1,9 @@
-//! The send pipeline for one `send` step: message row → policy (consent, suppression) →
-//! render → build MIME → mark `sending` → transport → receipt. The row is unique per
-//! (journey, step), so a retried step reuses it; a row found in `sending` means an earlier
-//! process died after handing the message over, and it becomes `unknown` instead of being sent
-//! again. No transaction is held across the transport call.
+//! The send pipeline for one `send` step: message row → policy (consent, suppression) → mark
+//! `sending` (the step's transaction ends here) → render → build MIME → transport → receipt.
+//! The row is unique per (journey, step), so a retried step reuses it; a row found in
+//! `sending` means an earlier process died after handing the message over, and it becomes
+//! `unknown` instead of being sent again. No transaction is held across rendering or the
+//! transport call.
 //!
 //! The transport is the step's own `transport`, else the one configured for the workflow's
 //! category (`[sending.categories]`), else `sending.transport`; the router may hand the message
@@ -12,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::core::Core;
-use crate::message::{OutgoingEmail, build};
+use crate::message::{BuiltMessage, OutgoingEmail, build};
 use crate::policy::{CapDecision, Policy, cap_allows, quiet_until};
 use crate::store::Journey;
 use crate::store::{Contact, Message, Result, Tx, message_status as ms};
@@ -43,13 +44,28 @@ pub enum Delivery {
     },
 }
 
-/// A message rendered, built and marked `sending` in the step's transaction: once that
-/// transaction commits, hand it to [`transmit`] and record what happened with [`record`].
+/// A message that passed policy and is marked `sending` in the step's transaction: once that
+/// transaction commits, hand it to [`transmit`] (which renders it) and record what happened
+/// with [`record`].
 pub struct Handover {
     message_id: String,
     transport: String,
-    to_email: String,
-    built: crate::message::BuiltMessage,
+    draft: Draft,
+}
+
+/// What a handed-over message is rendered from. Rendering happens after the step's
+/// transaction, so it never runs on (and holds up) the database writer; a process that dies
+/// before the receipt leaves the message `sending`, which becomes `unknown` as for any crash
+/// after the hand-over.
+struct Draft {
+    template: String,
+    subject: Option<String>,
+    workflow: String,
+    event: serde_json::Value,
+    contact: Contact,
+    marketing: bool,
+    /// Links are rewritten for click tracking (marketing only).
+    tracked: bool,
 }
 
 /// What the step's transaction decided about a send step.
@@ -162,78 +178,6 @@ pub async fn prepare(
             }));
         }
     }
-    let unsubscribe_url = core.unsubscribe_url(&contact.id, &message.id);
-    let context = json!({
-        "contact": contact_view(&contact),
-        "event": journey.context.0.get("event").cloned().unwrap_or(json!({})),
-        "workflow": { "name": journey.workflow },
-        "message": { "id": message.id },
-        "unsubscribe_url": unsubscribe_url,
-    });
-    let rendered = match core.templates.render(
-        &spec.template,
-        &context,
-        spec.subject.as_deref(),
-        Mode::Lenient,
-    ) {
-        Ok(r) => r,
-        Err(e) => {
-            let detail = format!("render failed: {e}");
-            return resolve(tx, &message, ms::FAILED, &detail, now).await;
-        }
-    };
-    if rendered.missing_variables {
-        tracing::warn!(message = %message.id, template = %spec.template, "template rendered with missing variables");
-    }
-    let mut headers = vec![("X-Herald-Workflow".to_owned(), journey.workflow.clone())];
-    let mut html = rendered.html;
-    if category == Category::Marketing {
-        let tracked = wf
-            .and_then(|w| w.def.tracking)
-            .unwrap_or(core.settings.tracking.enabled);
-        if tracked {
-            let base = core.settings.server.public_url.trim_end_matches('/');
-            html = crate::tracking::links::instrument(
-                &html,
-                &core.tokens,
-                base,
-                &message.id,
-                &[&unsubscribe_url],
-            );
-        }
-        let list_unsubscribe = match &core.settings.sending.unsubscribe_mailto {
-            Some(mailbox) => format!(
-                "<{unsubscribe_url}>, <mailto:{mailbox}?subject=unsubscribe%20{}>",
-                message.id
-            ),
-            None => format!("<{unsubscribe_url}>"),
-        };
-        headers.push(("List-Unsubscribe".to_owned(), list_unsubscribe));
-        headers.push((
-            "List-Unsubscribe-Post".to_owned(),
-            "List-Unsubscribe=One-Click".to_owned(),
-        ));
-    }
-    let email = OutgoingEmail {
-        message_id: message.id.clone(),
-        from: rendered
-            .from
-            .clone()
-            .unwrap_or_else(|| core.settings.sending.from.clone()),
-        to: contact.email.clone(),
-        subject: rendered.subject.clone(),
-        html,
-        text: rendered.text,
-        headers,
-        date: now,
-    };
-    let built = match build(&email) {
-        Ok(b) => b,
-        Err(e) => {
-            let detail = format!("invalid message: {e}");
-            return resolve(tx, &message, ms::FAILED, &detail, now).await;
-        }
-    };
     if !core.transports.contains(&transport_name) {
         let detail = format!("no transport named `{transport_name}`");
         return resolve(tx, &message, ms::FAILED, &detail, now).await;
@@ -245,7 +189,7 @@ pub async fn prepare(
             ms::SENDING,
             None,
             None,
-            Some(&rendered.subject),
+            None,
             Some(&transport_name),
             now,
         )
@@ -256,17 +200,122 @@ pub async fn prepare(
     Ok(Prepared::Send(Box::new(Handover {
         message_id: message.id,
         transport: transport_name,
-        to_email: contact.email,
-        built,
+        draft: Draft {
+            template: spec.template.clone(),
+            subject: spec.subject.clone(),
+            workflow: journey.workflow.clone(),
+            event: journey.context.0.get("event").cloned().unwrap_or(json!({})),
+            marketing: category == Category::Marketing,
+            tracked: wf
+                .and_then(|w| w.def.tracking)
+                .unwrap_or(core.settings.tracking.enabled),
+            contact,
+        },
     })))
 }
 
-/// Hands a prepared message to its transport. Call only after the transaction that marked it
-/// `sending` committed; no transaction may be open across this call.
-pub async fn transmit(core: &Core, handover: &Handover) -> Result<Sent, SendError> {
-    core.transports
-        .send(&handover.transport, &handover.built)
+/// Renders and builds a handed-over message, outside any transaction (so templating never
+/// holds up the database writer). A failure here is the message's, not the transport's.
+fn compose(core: &Core, handover: &Handover, now: DateTime<Utc>) -> Result<BuiltMessage, String> {
+    let Handover {
+        message_id, draft, ..
+    } = handover;
+    let contact = &draft.contact;
+    let unsubscribe_url = core.unsubscribe_url(&contact.id, message_id);
+    let context = json!({
+        "contact": contact_view(contact),
+        "event": draft.event,
+        "workflow": { "name": draft.workflow },
+        "message": { "id": message_id },
+        "unsubscribe_url": unsubscribe_url,
+    });
+    let rendered = core
+        .templates
+        .render(
+            &draft.template,
+            &context,
+            draft.subject.as_deref(),
+            Mode::Lenient,
+        )
+        .map_err(|e| format!("render failed: {e}"))?;
+    if rendered.missing_variables {
+        tracing::warn!(message = %message_id, template = %draft.template, "template rendered with missing variables");
+    }
+    let mut headers = vec![("X-Herald-Workflow".to_owned(), draft.workflow.clone())];
+    let mut html = rendered.html;
+    if draft.marketing {
+        if draft.tracked {
+            let base = core.settings.server.public_url.trim_end_matches('/');
+            html = crate::tracking::links::instrument(
+                &html,
+                &core.tokens,
+                base,
+                message_id,
+                &[&unsubscribe_url],
+            );
+        }
+        let list_unsubscribe = match &core.settings.sending.unsubscribe_mailto {
+            Some(mailbox) => format!(
+                "<{unsubscribe_url}>, <mailto:{mailbox}?subject=unsubscribe%20{message_id}>"
+            ),
+            None => format!("<{unsubscribe_url}>"),
+        };
+        headers.push(("List-Unsubscribe".to_owned(), list_unsubscribe));
+        headers.push((
+            "List-Unsubscribe-Post".to_owned(),
+            "List-Unsubscribe=One-Click".to_owned(),
+        ));
+    }
+    let email = OutgoingEmail {
+        message_id: message_id.clone(),
+        from: rendered
+            .from
+            .unwrap_or_else(|| core.settings.sending.from.clone()),
+        to: contact.email.clone(),
+        subject: rendered.subject,
+        html,
+        text: rendered.text,
+        headers,
+        date: now,
+    };
+    build(&email).map_err(|e| format!("invalid message: {e}"))
+}
+
+/// Composes a prepared message and hands it to its transport. Call only after the transaction
+/// that marked it `sending` committed; no transaction may be open across this call.
+pub async fn transmit(core: &Core, handover: &Handover) -> Attempt {
+    let built = match compose(core, handover, core.clock.now()) {
+        Ok(built) => built,
+        Err(detail) => {
+            return Attempt {
+                subject: None,
+                result: Err(NotSent::Unsendable(detail)),
+            };
+        }
+    };
+    let result = core
+        .transports
+        .send(&handover.transport, &built)
         .await
+        .map_err(NotSent::Transport);
+    Attempt {
+        subject: Some(built.subject),
+        result,
+    }
+}
+
+/// What became of one handed-over message.
+pub struct Attempt {
+    /// The rendered subject, when the message could be composed.
+    subject: Option<String>,
+    result: Result<Sent, NotSent>,
+}
+
+/// Why a handed-over message did not go out.
+enum NotSent {
+    /// It could not be rendered or built; no transport saw it.
+    Unsendable(String),
+    Transport(SendError),
 }
 
 /// What the transport answered about a handed-over message, as it will be recorded.
@@ -276,6 +325,7 @@ pub struct Receipt {
     /// The message's new status.
     status: &'static str,
     detail: String,
+    subject: Option<String>,
     provider_message_id: Option<String>,
     /// The transport that took it (the route's, or a fallback).
     transport: Option<String>,
@@ -285,39 +335,46 @@ pub struct Receipt {
     pub delivery: Delivery,
 }
 
-/// Turns the transport's answer into the [`Receipt`] to record.
-pub fn receipt(
-    handover: &Handover,
-    result: Result<Sent, SendError>,
-    now: DateTime<Utc>,
-) -> Receipt {
+/// Turns what became of a handed-over message into the [`Receipt`] to record.
+pub fn receipt(handover: &Handover, attempt: Attempt, now: DateTime<Utc>) -> Receipt {
     let message_id = handover.message_id.clone();
+    let subject = attempt.subject;
     let receipt = |status, detail, delivery| Receipt {
         message_id: message_id.clone(),
         status,
         detail,
+        subject: subject.clone(),
         provider_message_id: None,
         transport: None,
         suppress: None,
         delivery,
     };
-    match result {
-        Ok(sent) => Receipt {
-            provider_message_id: sent.receipt.provider_message_id,
-            transport: Some(sent.transport),
-            ..receipt(ms::SENT, sent.receipt.response, Delivery::Resolved)
-        },
-        Err(e) if e.after_data => {
+    let e = match attempt.result {
+        Ok(sent) => {
+            return Receipt {
+                provider_message_id: sent.receipt.provider_message_id,
+                transport: Some(sent.transport),
+                ..receipt(ms::SENT, sent.receipt.response, Delivery::Resolved)
+            };
+        }
+        Err(NotSent::Unsendable(detail)) => {
+            tracing::info!(message = %message_id, detail, "message not sent");
+            return receipt(ms::FAILED, detail, Delivery::Resolved);
+        }
+        Err(NotSent::Transport(e)) => e,
+    };
+    match e {
+        e if e.after_data => {
             let detail = format!("connection lost after the message was transmitted: {e}");
             receipt(ms::UNKNOWN, detail, Delivery::Resolved)
         }
-        Err(e) if e.deferred_until.is_some() => {
+        e if e.deferred_until.is_some() => {
             let detail = e.to_string();
             let until = e.deferred_until.unwrap_or(now);
             let reason = detail.clone();
             receipt(ms::PENDING, detail, Delivery::Defer { until, reason })
         }
-        Err(e) if e.is_transient() => {
+        e if e.is_transient() => {
             let detail = e.to_string();
             let retry = Delivery::Retry {
                 error: detail.clone(),
@@ -325,8 +382,10 @@ pub fn receipt(
             };
             receipt(ms::PENDING, detail, retry)
         }
-        Err(e) => Receipt {
-            suppress: e.is_hard_bounce().then(|| handover.to_email.clone()),
+        e => Receipt {
+            suppress: e
+                .is_hard_bounce()
+                .then(|| handover.draft.contact.email.clone()),
             ..receipt(ms::FAILED, e.to_string(), Delivery::Resolved)
         },
     }
@@ -345,7 +404,7 @@ pub async fn record(tx: &mut Tx, receipt: &Receipt, now: DateTime<Utc>) -> Resul
         receipt.status,
         Some(&receipt.detail),
         receipt.provider_message_id.as_deref(),
-        None,
+        receipt.subject.as_deref(),
         receipt.transport.as_deref(),
         now,
     )

@@ -83,9 +83,9 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
             Step::Next => continue,
             Step::Send(handover, at) => (handover, at),
         };
-        let result = send::transmit(core, &handover).await;
+        let attempt = send::transmit(core, &handover).await;
         let now = core.clock.now();
-        let receipt = Arc::new(send::receipt(&handover, result, now));
+        let receipt = Arc::new(send::receipt(&handover, attempt, now));
         // The receipt and the journey's next move share a transaction, and so do the
         // receipts of sends that finish together.
         let (job2, at) = (Arc::clone(&job), Arc::new(*at));

@@ -187,6 +187,49 @@ async fn hard_bounce_suppresses_the_address(db: Db) {
 }
 both_backends!(hard_bounce_suppresses_the_address);
 
+const TOTAL_TEMPLATE: &str = "---\nsubject: \"Your order\"\nsample: { event: { properties: { total: 1250 } } }\n---\n<p>Total: {{format_money event.properties.total \"USD\"}}</p>\n";
+
+/// Rendering happens after the step's transaction marked the message `sending`: a message that
+/// cannot be rendered still ends `failed`, never reaches the transport, and does not hold up
+/// the next one.
+async fn a_message_that_cannot_be_rendered_fails_without_being_sent(db: Db) {
+    let options = Options {
+        examples: false,
+        ..Options::default()
+    };
+    let app = TestApp::spawn_with(db, options, |dir| {
+        write(dir, "workflows/receipt.yaml", RECEIPT_WORKFLOW);
+        write(dir, "templates/receipt.hbs", TOTAL_TEMPLATE);
+    })
+    .await;
+    app.contact("c-1", "ana@example.com", json!({})).await;
+    app.contact("c-2", "bo@example.com", json!({})).await;
+    app.event("c-1", "order_placed", json!({"total": {"not": "a number"}}))
+        .await;
+    app.run_due().await;
+    assert_eq!(app.smtp.messages().len(), 0);
+    let stored = app.messages_of("c-1").await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0]["status"], "failed", "{stored:?}");
+    let detail = stored[0]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("render failed") && detail.contains("must be a number"),
+        "{detail}"
+    );
+
+    app.event("c-2", "order_placed", json!({"total": 1250}))
+        .await;
+    app.run_due().await;
+    let mail = app.smtp.messages();
+    assert_eq!(mail.len(), 1);
+    assert_eq!(mail[0].to, vec!["bo@example.com".to_owned()]);
+    let stored = app.messages_of("c-2").await;
+    assert_eq!(stored[0]["status"], "sent", "{stored:?}");
+    assert_eq!(stored[0]["subject"], "Your order", "{stored:?}");
+    app.finish().await;
+}
+both_backends!(a_message_that_cannot_be_rendered_fails_without_being_sent);
+
 pub const RECEIPT_WORKFLOW: &str = "name: receipt\ncategory: transactional\ntrigger:\n  event: order_placed\nsteps:\n  - send: receipt\n";
 pub const RECEIPT_TEMPLATE: &str = "---\nsubject: \"Order {{event.properties.order_id}}\"\nsample: { event: { properties: { order_id: 7 } } }\n---\n<p>Thanks!</p>\n";
 
