@@ -1,12 +1,12 @@
 //! Group commit on SQLite: short write transactions submitted at the same time run one after
 //! another in one database transaction, so a burst of them pays for one `BEGIN`/`COMMIT` and
 //! one turn of the single writer connection instead of one each. On PostgreSQL each runs in a
-//! transaction of its own, concurrently (measured: sharing one was slower there). No
-//! background task: the first submitter to get the leader lock runs everything queued so far,
-//! and the others find their result ready when they get it.
+//! transaction of its own, concurrently (measured: sharing one was slower there).
 //!
-//! On SQLite the batch runs on the writer thread ([`super::WriterThread`]), next to the
-//! connection's own thread, so its statements do not cross CPUs.
+//! On SQLite the batches run on the writer thread ([`super::WriterThread`]), next to the
+//! connection's own thread, so their statements do not cross CPUs: the first submission
+//! starts a loop there that takes whatever is queued, runs it as one transaction, and goes on
+//! until the queue is empty.
 //!
 //! Each operation must be re-runnable: when any operation of a batch fails, or the commit does,
 //! the batch is rolled back and every operation runs again alone, so one failure never costs
@@ -14,6 +14,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use tokio::sync::oneshot;
@@ -37,17 +38,38 @@ const MAX_BATCH: usize = 256;
 /// Operations queued for one transaction. Each gets a `&C` (the same context for every
 /// submitter, e.g. the `Core` that owns this) and the transaction.
 pub struct GroupCommit<C> {
-    queue: Mutex<Vec<Pending<C>>>,
+    queue: Arc<Queue<C>>,
     leader: tokio::sync::Mutex<()>,
     /// The shared context, once it is in an `Arc`: batches need an owned one to run on the
     /// writer thread.
     owner: OnceLock<Weak<C>>,
 }
 
+struct Queue<C> {
+    pending: Mutex<Vec<Pending<C>>>,
+    /// A drain loop is running (or about to) on the writer thread.
+    draining: AtomicBool,
+}
+
+impl<C> Queue<C> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Pending<C>>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn next_batch(&self) -> Vec<Pending<C>> {
+        let mut pending = self.pending();
+        let n = pending.len().min(MAX_BATCH);
+        pending.drain(..n).collect()
+    }
+}
+
 impl<C> Default for GroupCommit<C> {
     fn default() -> Self {
         GroupCommit {
-            queue: Mutex::new(Vec::new()),
+            queue: Arc::new(Queue {
+                pending: Mutex::new(Vec::new()),
+                draining: AtomicBool::new(false),
+            }),
             leader: tokio::sync::Mutex::new(()),
             owner: OnceLock::new(),
         }
@@ -92,45 +114,78 @@ impl<C: Send + Sync + 'static> GroupCommit<C> {
                 Ok(())
             })
         });
-        let (done, mut answer) = oneshot::channel();
-        self.queue().push(Pending { op: erased, done });
-        loop {
-            let leader = self.leader.lock().await;
-            // A leader sends every result of its batch before it lets go of the lock.
-            match answer.try_recv() {
-                Ok(result) => {
-                    result?;
-                    break;
+        let (done, answer) = oneshot::channel();
+        self.queue.pending().push(Pending { op: erased, done });
+        match (store.writer_thread(), self.owner()) {
+            (Some(thread), Some(owner)) => {
+                if !self.queue.draining.swap(true, Ordering::SeqCst) {
+                    thread.spawn(drain(Arc::clone(&self.queue), owner, store.clone()));
                 }
-                Err(oneshot::error::TryRecvError::Closed) => return Err(StoreError::Abandoned),
-                Err(oneshot::error::TryRecvError::Empty) => {}
+                answer.await.map_err(|_| StoreError::Abandoned)??;
             }
-            let batch: Vec<Pending<C>> = {
-                let mut queue = self.queue();
-                let n = queue.len().min(MAX_BATCH);
-                queue.drain(..n).collect()
-            };
-            match (
-                store.writer_thread(),
-                self.owner.get().and_then(Weak::upgrade),
-            ) {
-                (Some(thread), Some(owner)) => {
-                    let store = store.clone();
-                    // A batch the thread drops answers its submitters `Abandoned`.
-                    let _ = thread
-                        .run(async move { run_batch(owner.as_ref(), &store, batch).await })
-                        .await;
-                }
-                _ => run_batch(ctx, store, batch).await,
-            }
-            drop(leader);
+            _ => self.lead(ctx, store, answer).await?,
         }
         let value = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
         value.ok_or(StoreError::Abandoned)
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Pending<C>>> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Without a writer thread, the first submitter to get the leader lock runs everything
+    /// queued so far, and the others find their result ready when they get it.
+    async fn lead(
+        &self,
+        ctx: &C,
+        store: &Store,
+        mut answer: oneshot::Receiver<Result<()>>,
+    ) -> Result<()> {
+        loop {
+            let leader = self.leader.lock().await;
+            // A leader sends every result of its batch before it lets go of the lock.
+            match answer.try_recv() {
+                Ok(result) => return result,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(StoreError::Abandoned),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            run_batch(ctx, store, self.queue.next_batch()).await;
+            drop(leader);
+        }
+    }
+}
+
+/// The writer thread's loop: runs batch after batch while operations are queued, so the
+/// writer connection goes from one transaction straight to the next, with no hand-off
+/// through a submitting task in between.
+async fn drain<C: Send + Sync + 'static>(queue: Arc<Queue<C>>, owner: Arc<C>, store: Store) {
+    // If the thread drops this loop (the store is closing) or it panics, queued submitters
+    // hear `Abandoned` and the next submitter starts a loop again.
+    let mut unfinished = Unfinished(Some(Arc::clone(&queue)));
+    loop {
+        let batch = queue.next_batch();
+        if batch.is_empty() {
+            queue.draining.store(false, Ordering::SeqCst);
+            // A submitter that queued after the batch was taken, and saw the loop still
+            // running, relies on this one.
+            if queue.pending().is_empty() || queue.draining.swap(true, Ordering::SeqCst) {
+                unfinished.0 = None;
+                return;
+            }
+            continue;
+        }
+        run_batch(owner.as_ref(), &store, batch).await;
+        // Lets the thread's other work (the recompute's writes) take turns.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The queue of a drain loop that has not finished on its own.
+struct Unfinished<C>(Option<Arc<Queue<C>>>);
+
+impl<C> Drop for Unfinished<C> {
+    fn drop(&mut self) {
+        if let Some(queue) = self.0.take() {
+            // Dropping the queued operations answers their submitters.
+            queue.pending().clear();
+            queue.draining.store(false, Ordering::SeqCst);
+        }
     }
 }
 

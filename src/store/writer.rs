@@ -128,6 +128,14 @@ impl WriterThread {
             .map_err(|_| StoreError::Abandoned)
     }
 
+    /// Starts `task` on the writer thread without waiting for it.
+    pub fn spawn<Fut>(&self, task: Fut)
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        drop(self.handle.spawn(task));
+    }
+
     /// Stops the thread once the tasks it runs are done.
     pub(super) fn stop(&self) {
         self.stop.cancel();
