@@ -72,6 +72,31 @@ async fn delivers_a_message_intact() {
 }
 
 #[tokio::test]
+async fn commands_are_pipelined_only_when_the_server_offers_it() {
+    let server = SmtpServer::start().await;
+    let transport = smtp(server.url(), 1);
+    transport.send(&built(1)).await.expect("pipelined send");
+    server.set_pipelining(false);
+    // The parked connection learned PIPELINING from its EHLO; a new one must not assume it.
+    server.disconnect_all().await;
+    transport
+        .send(&built(2))
+        .await
+        .expect("send one command at a time");
+    let received = server.wait_for(2, WAIT).await;
+    let pipelined: Vec<bool> = received.iter().map(|m| m.pipelined).collect();
+    assert_eq!(pipelined, [true, false]);
+    for (n, mail) in received.iter().enumerate() {
+        let parsed = MessageParser::default().parse(&mail.data).unwrap();
+        assert_eq!(
+            parsed.body_text(0).unwrap().replace("\r\n", "\n"),
+            format!("Message {}\n.leading dot survives dot-stuffing", n + 1)
+        );
+    }
+    transport.shutdown().await;
+}
+
+#[tokio::test]
 async fn concurrent_sends_are_bounded_by_the_pool_and_reuse_connections() {
     let server = SmtpServer::start().await;
     let transport = Arc::new(smtp(server.url(), 4));

@@ -8,7 +8,8 @@
 //! - parsing the relay URL (`smtp://`, `smtps://`, `?tls=…`, credentials);
 //! - opening connections (TCP with `TCP_NODELAY`, EHLO, STARTTLS, AUTH);
 //! - the pool: at most `pool` connections, idle ones parked for reuse for up to 30 s;
-//! - running one transaction (MAIL, RCPT, DATA, payload) and classifying its failure;
+//! - running one transaction (MAIL, RCPT, DATA, payload; pipelined when the server offers
+//!   PIPELINING) and classifying its failure;
 //! - DKIM-signing the payload (when configured) before a connection is taken, so the signing
 //!   cost never holds a pooled connection.
 
@@ -21,7 +22,7 @@ use std::time::Duration;
 use lettre::transport::smtp::Error as LettreError;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
 use tokio::net::TcpStream;
@@ -187,7 +188,14 @@ struct Idle {
     /// Set by [`Smtp::shutdown`]; connections returned afterwards are QUIT instead of parked.
     closed: bool,
     /// Most recently used last.
-    conns: Vec<(AsyncSmtpConnection, Instant)>,
+    conns: Vec<(Session, Instant)>,
+}
+
+/// An open connection, and whether its server takes the commands of a transaction in one
+/// write (RFC 2920 PIPELINING).
+struct Session {
+    conn: AsyncSmtpConnection,
+    pipelining: bool,
 }
 
 /// An SMTP relay transport with at most `pool` connections. Clones share the pool.
@@ -305,8 +313,8 @@ impl Relay {
             SendError::transient(format!("smtp {}: transport is shut down", self.name))
         })?;
 
-        if let Some(conn) = self.take_idle() {
-            match self.send_on(conn, msg, payload).await {
+        if let Some(session) = self.take_idle() {
+            match self.send_on(session, msg, payload).await {
                 Err(attempt) if attempt.dead_before_mail => {
                     tracing::debug!(
                         transport = %self.name,
@@ -318,8 +326,8 @@ impl Relay {
             }
         }
 
-        let conn = self.connect().await?;
-        self.send_on(conn, msg, payload)
+        let session = self.connect().await?;
+        self.send_on(session, msg, payload)
             .await
             .map_err(|attempt| attempt.error)
     }
@@ -349,10 +357,10 @@ impl Relay {
         let mut quits = tokio::task::JoinSet::new();
         // QUIT is a courtesy: a relay that does not answer must not hold up a stop.
         let limit = self.timeout.min(QUIT_TIMEOUT);
-        for (mut conn, _) in parked {
+        for (mut session, _) in parked {
             quits.spawn(async move {
                 // The relay going away during shutdown changes nothing for us.
-                let _ = timeout(limit, conn.quit()).await;
+                let _ = timeout(limit, session.conn.quit()).await;
             });
         }
         while quits.join_next().await.is_some() {}
@@ -362,15 +370,15 @@ impl Relay {
     /// closes the connection.
     async fn send_on(
         &self,
-        mut conn: AsyncSmtpConnection,
+        mut session: Session,
         msg: &BuiltMessage,
         payload: &[u8],
     ) -> Result<Receipt, Attempt> {
-        let parameters = match self.mail_parameters(&conn, msg) {
+        let parameters = match self.mail_parameters(&session.conn, msg) {
             Ok(parameters) => parameters,
             Err(error) => {
                 // Nothing was sent; the session is still clean and reusable.
-                self.park(conn).await;
+                self.park(session).await;
                 return Err(Attempt {
                     error,
                     dead_before_mail: false,
@@ -378,9 +386,12 @@ impl Relay {
             }
         };
 
-        match self.transaction(&mut conn, msg, payload, parameters).await {
+        match self
+            .transaction(&mut session, msg, payload, parameters)
+            .await
+        {
             Ok(response) => {
-                self.park(conn).await;
+                self.park(session).await;
                 Ok(Receipt {
                     provider_message_id: None,
                     response: reply_text(&response),
@@ -393,7 +404,7 @@ impl Relay {
                 // reply, timeout, 421) the session is in an unknown state and is just dropped.
                 // Either way it is never parked: a rejected transaction leaves state behind.
                 if !failure.looks_like_dead_connection() {
-                    let _ = timeout(self.timeout, conn.quit()).await;
+                    let _ = timeout(self.timeout, session.conn.quit()).await;
                 }
                 Err(Attempt {
                     error,
@@ -404,29 +415,52 @@ impl Relay {
     }
 
     /// MAIL FROM, RCPT TO for each recipient, DATA, payload. Returns the final reply.
+    ///
+    /// With PIPELINING the three commands go out in one write and their replies are read in
+    /// order, so a message costs two round trips instead of four. A rejection leaves later
+    /// replies unread, which is harmless: a failed session is never parked.
     async fn transaction(
         &self,
-        conn: &mut AsyncSmtpConnection,
+        session: &mut Session,
         msg: &BuiltMessage,
         payload: &[u8],
         parameters: Vec<MailParameter>,
     ) -> Result<Response, (Stage, Failure)> {
         let envelope = &msg.envelope;
-        self.step(
-            Stage::Mail,
-            conn.command(Mail::new(envelope.from().cloned(), parameters)),
-        )
-        .await?;
-        for recipient in envelope.to() {
-            self.step(
-                Stage::Rcpt,
-                conn.command(Rcpt::new(recipient.clone(), Vec::new())),
-            )
-            .await?;
+        let conn = &mut session.conn;
+        let mail = Mail::new(envelope.from().cloned(), parameters);
+        let rcpts = envelope
+            .to()
+            .iter()
+            .map(|recipient| Rcpt::new(recipient.clone(), Vec::new()));
+        if session.pipelining {
+            let mut commands = mail.to_string();
+            for rcpt in rcpts {
+                commands.push_str(&rcpt.to_string());
+            }
+            commands.push_str(&Data.to_string());
+            // `command` writes it all, then reads the first reply: MAIL FROM's.
+            self.step(Stage::Mail, conn.command(commands)).await?;
+            for _ in envelope.to() {
+                self.step(Stage::Rcpt, conn.read_response()).await?;
+            }
+            self.step(Stage::Data, conn.read_response()).await?;
+        } else {
+            self.step(Stage::Mail, conn.command(mail)).await?;
+            for rcpt in rcpts {
+                self.step(Stage::Rcpt, conn.command(rcpt)).await?;
+            }
+            self.step(Stage::Data, conn.command(Data)).await?;
         }
-        self.step(Stage::Data, conn.command(Data)).await?;
-        // `message` dot-stuffs the payload and appends the terminating `.`.
-        self.step(Stage::EndOfData, conn.message(payload)).await
+        match std::str::from_utf8(payload) {
+            // The payload and its terminating `.` in one write.
+            Ok(text) => {
+                self.step(Stage::EndOfData, conn.command(data_block(text)))
+                    .await
+            }
+            // `message` dot-stuffs the payload and appends the terminating `.`.
+            Err(_) => self.step(Stage::EndOfData, conn.message(payload)).await,
+        }
     }
 
     /// MAIL FROM parameters the message needs, or a permanent error when this relay cannot carry
@@ -466,7 +500,7 @@ impl Relay {
     }
 
     /// Opens and prepares a connection: TCP (+ implicit TLS), greeting, EHLO, STARTTLS, AUTH.
-    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+    async fn connect(&self) -> Result<Session, SendError> {
         let mut conn = match &self.security {
             Security::Implicit(tls) => {
                 // lettre can only run TLS on a socket it opened itself (its TLS stream type is
@@ -506,6 +540,14 @@ impl Relay {
                 .map_err(|(stage, failure)| self.send_error(stage, &failure))?;
         }
 
+        // lettre keeps only the EHLO keywords it uses itself, so ask again for PIPELINING;
+        // once per connection. Before AUTH, since a new EHLO resets the session.
+        let ehlo = self
+            .step(Stage::Greeting, conn.command(Ehlo::new(self.hello.clone())))
+            .await
+            .map_err(|(stage, failure)| self.send_error(stage, &failure))?;
+        let pipelining = offers_pipelining(&ehlo);
+
         if let Some(credentials) = &self.credentials {
             // In opportunistic mode an attacker can strip STARTTLS from the EHLO reply to read
             // the password; only an explicit tls=none allows AUTH in the clear.
@@ -529,9 +571,10 @@ impl Relay {
             host = %self.host,
             port = self.port,
             encrypted = conn.is_encrypted(),
+            pipelining,
             "opened SMTP connection"
         );
-        Ok(conn)
+        Ok(Session { conn, pipelining })
     }
 
     /// Plain TCP with `TCP_NODELAY`, then greeting and EHLO.
@@ -621,29 +664,30 @@ impl Relay {
     }
 
     /// The most recently used parked connection that is not too old. Expired ones are closed.
-    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+    fn take_idle(&self) -> Option<Session> {
         let mut idle = self.lock_idle();
-        idle.conns
-            .retain(|(conn, since)| since.elapsed() < IDLE_TIMEOUT && !conn.has_broken());
-        idle.conns.pop().map(|(conn, _)| conn)
+        idle.conns.retain(|(session, since)| {
+            since.elapsed() < IDLE_TIMEOUT && !session.conn.has_broken()
+        });
+        idle.conns.pop().map(|(session, _)| session)
     }
 
     /// Parks a healthy connection for reuse, or QUITs it when the transport is shut down.
-    async fn park(&self, conn: AsyncSmtpConnection) {
-        if conn.has_broken() {
+    async fn park(&self, session: Session) {
+        if session.conn.has_broken() {
             return;
         }
         let mut rejected = {
             let mut idle = self.lock_idle();
             if idle.closed {
-                Some(conn)
+                Some(session)
             } else {
-                idle.conns.push((conn, Instant::now()));
+                idle.conns.push((session, Instant::now()));
                 None
             }
         };
-        if let Some(conn) = rejected.as_mut() {
-            let _ = timeout(self.timeout, conn.quit()).await;
+        if let Some(session) = rejected.as_mut() {
+            let _ = timeout(self.timeout, session.conn.quit()).await;
         }
     }
 
@@ -651,6 +695,33 @@ impl Relay {
         // The guarded data is a plain list; a panic elsewhere cannot leave it inconsistent.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Whether an EHLO reply lists the PIPELINING keyword (one keyword per line after the first).
+fn offers_pipelining(ehlo: &Response) -> bool {
+    ehlo.message().skip(1).any(|line| {
+        line.split_whitespace()
+            .next()
+            .is_some_and(|keyword| keyword.eq_ignore_ascii_case("PIPELINING"))
+    })
+}
+
+/// The DATA payload as sent: a `.` starting a line doubled (RFC 5321 §4.5.2), then the
+/// terminating `CRLF.CRLF`. The same bytes as lettre's `message`, in one string.
+fn data_block(payload: &str) -> String {
+    let mut block = String::with_capacity(payload.len() + 16);
+    if payload.starts_with('.') {
+        block.push('.');
+    }
+    let mut rest = payload;
+    while let Some(at) = rest.find("\r\n.") {
+        block.push_str(&rest[..at + 3]);
+        block.push('.');
+        rest = &rest[at + 3..];
+    }
+    block.push_str(rest);
+    block.push_str("\r\n.\r\n");
+    block
 }
 
 /// `250 2.0.0 Ok: queued as 4F2A…` — code and all reply lines.
@@ -869,6 +940,38 @@ mod tests {
             hello_name: Some("herald.test".to_owned()),
             dkim: None,
         }
+    }
+
+    #[test]
+    fn data_blocks_are_dot_stuffed_and_terminated() {
+        assert_eq!(data_block("a\r\nb\r\n"), "a\r\nb\r\n\r\n.\r\n");
+        assert_eq!(
+            data_block(".top\r\n.\r\n..two\r\nmid.dle\r\n"),
+            "..top\r\n..\r\n...two\r\nmid.dle\r\n\r\n.\r\n"
+        );
+        assert_eq!(data_block(""), "\r\n.\r\n");
+    }
+
+    #[test]
+    fn pipelining_is_read_from_the_ehlo_keywords() {
+        let reply = |lines: &[&str]| {
+            Response::new(
+                lettre::transport::smtp::response::Code::new(
+                    lettre::transport::smtp::response::Severity::PositiveCompletion,
+                    lettre::transport::smtp::response::Category::MailSystem,
+                    lettre::transport::smtp::response::Detail::Zero,
+                ),
+                lines.iter().map(|l| (*l).to_owned()).collect(),
+            )
+        };
+        assert!(offers_pipelining(&reply(&[
+            "mx greets you",
+            "SIZE 1000",
+            "pipelining"
+        ])));
+        assert!(!offers_pipelining(&reply(&["mx greets you", "8BITMIME"])));
+        // The greeting line is the server's name, not a keyword.
+        assert!(!offers_pipelining(&reply(&["PIPELINING", "8BITMIME"])));
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct ReceivedMail {
     pub data: Vec<u8>,
     /// The user name the session authenticated as, if it did.
     pub auth_user: Option<String>,
+    /// `RCPT TO` had already arrived when `MAIL FROM` was read: the client pipelined them.
+    pub pipelined: bool,
 }
 
 /// A running scripted SMTP server. Dropping it stops accepting and closes open sessions.
@@ -69,6 +71,8 @@ struct Shared {
     drop_after_data: AtomicUsize,
     hang_after_data: AtomicUsize,
     accepting: AtomicBool,
+    /// EHLO offers PIPELINING.
+    pipelining: AtomicBool,
     opened: AtomicUsize,
     open_now: AtomicUsize,
     max_open: AtomicUsize,
@@ -121,6 +125,7 @@ impl SmtpServer {
             drop_after_data: AtomicUsize::new(0),
             hang_after_data: AtomicUsize::new(0),
             accepting: AtomicBool::new(true),
+            pipelining: AtomicBool::new(true),
             opened: AtomicUsize::new(0),
             open_now: AtomicUsize::new(0),
             max_open: AtomicUsize::new(0),
@@ -218,6 +223,11 @@ impl SmtpServer {
             .fetch_add(times, Ordering::SeqCst);
     }
 
+    /// Whether EHLO offers PIPELINING (RFC 2920) from now on; on by default, as on most relays.
+    pub fn set_pipelining(&self, offered: bool) {
+        self.shared.pipelining.store(offered, Ordering::SeqCst);
+    }
+
     /// When false, new connections get `421 4.3.2 Service not available` and are closed.
     pub fn set_accepting(&self, accept: bool) {
         self.shared.accepting.store(accept, Ordering::SeqCst);
@@ -272,6 +282,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 auth_user: None,
                 from: None,
                 to: Vec::new(),
+                pipelined: false,
             };
             // A failed write just means the client went away; the session ends either way.
             let _ = session.run().await;
@@ -298,6 +309,7 @@ struct Session {
     auth_user: Option<String>,
     from: Option<String>,
     to: Vec<String>,
+    pipelined: bool,
 }
 
 /// What the session loop does after a command.
@@ -323,9 +335,14 @@ impl Session {
                 "EHLO" => {
                     self.reset();
                     self.helo = true;
+                    let pipelining = if self.shared.pipelining.load(Ordering::SeqCst) {
+                        "250-PIPELINING\r\n"
+                    } else {
+                        ""
+                    };
                     let reply = format!(
-                        "250-herald-test greets {argument}\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n\
-                         250-ENHANCEDSTATUSCODES\r\n250 AUTH PLAIN LOGIN"
+                        "250-herald-test greets {argument}\r\n{pipelining}250-8BITMIME\r\n\
+                         250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 AUTH PLAIN LOGIN"
                     );
                     self.reply(&reply).await?;
                     Next::Continue
@@ -471,6 +488,7 @@ impl Session {
             return self.scripted_reply(&reply).await;
         }
         self.reset();
+        self.pipelined = !self.reader.buffer().is_empty();
         self.from = Some(angle_address(argument));
         self.reply("250 2.1.0 Ok").await?;
         Ok(Next::Continue)
@@ -518,6 +536,7 @@ impl Session {
             to: std::mem::take(&mut self.to),
             data,
             auth_user: self.auth_user.clone(),
+            pipelined: self.pipelined,
         };
 
         let drop_now = self
