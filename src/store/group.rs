@@ -154,25 +154,32 @@ impl<C: Send + Sync + 'static> GroupCommit<C> {
 /// The writer thread's loop: runs batch after batch while operations are queued, so the
 /// writer connection goes from one transaction straight to the next, with no hand-off
 /// through a submitting task in between.
-async fn drain<C: Send + Sync + 'static>(queue: Arc<Queue<C>>, owner: Arc<C>, store: Store) {
-    // If the thread drops this loop (the store is closing) or it panics, queued submitters
-    // hear `Abandoned` and the next submitter starts a loop again.
+fn drain<C: Send + Sync + 'static>(
+    queue: Arc<Queue<C>>,
+    owner: Arc<C>,
+    store: Store,
+) -> impl Future<Output = ()> + Send {
+    // Made before the loop first runs: if the thread drops the loop, even unstarted (the store
+    // is closing), or it panics, queued submitters hear `Abandoned` and the next submitter
+    // starts a loop again.
     let mut unfinished = Unfinished(Some(Arc::clone(&queue)));
-    loop {
-        let batch = queue.next_batch();
-        if batch.is_empty() {
-            queue.draining.store(false, Ordering::SeqCst);
-            // A submitter that queued after the batch was taken, and saw the loop still
-            // running, relies on this one.
-            if queue.pending().is_empty() || queue.draining.swap(true, Ordering::SeqCst) {
-                unfinished.0 = None;
-                return;
+    async move {
+        loop {
+            let batch = queue.next_batch();
+            if batch.is_empty() {
+                queue.draining.store(false, Ordering::SeqCst);
+                // A submitter that queued after the batch was taken, and saw the loop still
+                // running, relies on this one.
+                if queue.pending().is_empty() || queue.draining.swap(true, Ordering::SeqCst) {
+                    unfinished.0 = None;
+                    return;
+                }
+                continue;
             }
-            continue;
+            run_batch(owner.as_ref(), &store, batch).await;
+            // Lets the thread's other work (the recompute's writes) take turns.
+            tokio::task::yield_now().await;
         }
-        run_batch(owner.as_ref(), &store, batch).await;
-        // Lets the thread's other work (the recompute's writes) take turns.
-        tokio::task::yield_now().await;
     }
 }
 
@@ -251,7 +258,7 @@ async fn alone<C: Sync>(ctx: &C, store: &Store, op: &mut Op<C>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::WriterCpu;
+    use crate::store::{Sql, WriterCpu};
 
     /// The thread a grouped write ran on, and the CPUs it was allowed.
     async fn where_a_grouped_write_runs(cpu: WriterCpu) -> (Option<String>, String) {
@@ -297,6 +304,63 @@ mod tests {
             let (_, chosen) = where_a_grouped_write_runs(WriterCpu::Cpu(first)).await;
             assert_eq!(chosen, first.to_string());
         }
+    }
+
+    /// Many writers at once land in few transactions, each gets its own answer, and a write
+    /// submitted after the store closed fails instead of waiting forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_writes_all_land_and_a_closed_store_answers_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::connect(&url, 2, WriterCpu::Off)
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        let owner = Arc::new(GroupCommit::<()>::default());
+        let context = Arc::new(());
+        owner.bind(&context);
+        let writes: Vec<_> = (0..200)
+            .map(|i| {
+                let (group, store, context) =
+                    (Arc::clone(&owner), store.clone(), Arc::clone(&context));
+                tokio::spawn(async move {
+                    group
+                        .run(&context, &store, move |_, tx| {
+                            Box::pin(async move {
+                                tx.run(
+                                    Sql::new("INSERT INTO meta (key, value) VALUES ($1, $2)")
+                                        .arg(format!("k{i}"))
+                                        .arg(format!("v{i}")),
+                                )
+                                .await?;
+                                Ok(i)
+                            })
+                        })
+                        .await
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for write in writes {
+            answers.push(write.await.expect("task").expect("write"));
+        }
+        assert_eq!(answers, (0..200).collect::<Vec<_>>());
+        let mut tx = store.read().await.expect("read");
+        let (stored,): (i64,) = tx
+            .one(Sql::new("SELECT COUNT(*) FROM meta WHERE key LIKE 'k%'"))
+            .await
+            .expect("count");
+        tx.commit().await.expect("commit");
+        assert_eq!(stored, 200);
+
+        store.close().await;
+        let late = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            owner.run(&context, &store, |_, _| Box::pin(async { Ok(()) })),
+        )
+        .await
+        .expect("a write on a closed store answers instead of hanging");
+        assert!(late.is_err());
     }
 
     #[tokio::test]
