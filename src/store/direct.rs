@@ -553,7 +553,7 @@ direct_tuple!(A 0, B 1, C 2);
 direct_tuple!(A 0, B 1, C 2, D 3);
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -562,7 +562,8 @@ mod tests {
     use super::*;
     use crate::store::{Contact, GroupCommit, WriterCpu, on_conn};
 
-    async fn sqlite() -> (tempfile::TempDir, Store) {
+    /// A migrated SQLite store in a temporary directory, for the store's unit tests.
+    pub(in crate::store) async fn sqlite() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let store = Store::connect(&url, 2, WriterCpu::Off)

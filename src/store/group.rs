@@ -171,7 +171,7 @@ fn drain<C: Send + Sync + 'static>(
                 // A submitter that queued after the batch was taken, and saw the loop still
                 // running, relies on this one.
                 if queue.pending().is_empty() || queue.draining.swap(true, Ordering::SeqCst) {
-                    unfinished.0 = None;
+                    unfinished.finished();
                     return;
                 }
                 continue;
@@ -185,6 +185,12 @@ fn drain<C: Send + Sync + 'static>(
 
 /// The queue of a drain loop that has not finished on its own.
 struct Unfinished<C>(Option<Arc<Queue<C>>>);
+
+impl<C> Unfinished<C> {
+    fn finished(&mut self) {
+        self.0 = None;
+    }
+}
 
 impl<C> Drop for Unfinished<C> {
     fn drop(&mut self) {
@@ -310,12 +316,7 @@ mod tests {
     /// submitted after the store closed fails instead of waiting forever.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn queued_writes_all_land_and_a_closed_store_answers_at_once() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = Store::connect(&url, 2, WriterCpu::Off)
-            .await
-            .expect("connect");
-        store.migrate().await.expect("migrate");
+        let (_dir, store) = crate::store::direct::tests::sqlite().await;
         let owner = Arc::new(GroupCommit::<()>::default());
         let context = Arc::new(());
         owner.bind(&context);
