@@ -5,6 +5,7 @@
 //! threshold). Each change of membership is stored with its time and emitted as a
 //! `segment_entered` / `segment_exited` event, which starts segment-triggered journeys.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
@@ -16,8 +17,9 @@ use super::profile::{Observed, Profile, Purchaser, Stage, high_value_threshold, 
 use super::{ENTERED, EXITED};
 use crate::core::Core;
 use crate::scheduler::{page_cursor, turn_page};
+use crate::store::direct::Direct;
 use crate::store::{
-    Backend, Contact, Event, FactRead, FactRow, Job, Result, Tx, earliest, job_status,
+    Backend, Contact, Event, FactRead, FactRow, Job, Result, StoreError, Tx, earliest, job_status,
 };
 use crate::workflow::engine::Outcome;
 use crate::workflow::timing::{next_cron, parse_cron};
@@ -315,22 +317,22 @@ async fn apply(
 /// Stores decisions with as few statements as possible: changed profiles, membership rows, one
 /// `segment_entered`/`segment_exited` event per change (applied to journeys unless the cause is
 /// a recompute), and each contact's next due instant.
-async fn store(
+async fn store<D: Borrow<Decision>>(
     tx: &mut Tx,
     core: &Core,
-    decisions: &[Decision],
+    decisions: &[D],
     cause: Cause,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let profiles: Vec<(&str, &Value, i64)> = decisions
-        .iter()
+    let decisions = || decisions.iter().map(Borrow::borrow);
+    let profiles: Vec<(&str, &Value, i64)> = decisions()
         .filter(|d| d.profile_changed)
         .map(|d| (d.contact.id.as_str(), &d.contact.profile.0, d.orders))
         .collect();
     tx.store_profiles(&profiles).await?;
     let mut added = Vec::new();
     let mut events = Vec::new();
-    for d in decisions {
+    for d in decisions() {
         for (name, segments) in [(ENTERED, &d.entered), (EXITED, &d.exited)] {
             for segment in segments {
                 events.push(Event {
@@ -356,7 +358,7 @@ async fn store(
     tx.import_events(&events).await?;
     if cause != Cause::Recompute {
         for event in &events {
-            if let Some(d) = decisions.iter().find(|d| d.contact.id == event.contact_id) {
+            if let Some(d) = decisions().find(|d| d.contact.id == event.contact_id) {
                 journeys_on_event(
                     tx,
                     &core.workflows,
@@ -369,8 +371,7 @@ async fn store(
             }
         }
     }
-    let dues: Vec<(&str, Option<DateTime<Utc>>)> = decisions
-        .iter()
+    let dues: Vec<(&str, Option<DateTime<Utc>>)> = decisions()
         .map(|d| (d.contact.id.as_str(), d.due))
         .collect();
     tx.set_segment_dues(&dues).await
@@ -697,13 +698,13 @@ async fn recompute(core: &Core, job: &Job) -> Result<Outcome> {
 /// Stores a recompute batch's decisions and ends its write transaction: renews the lease with
 /// the cursor moved past `contacts`, and after the last batch finishes the job and queues a
 /// population refresh. `Some` when the job is over.
-async fn store_batch(
+async fn store_batch<D: Borrow<Decision>>(
     mut tx: Tx,
     core: &Core,
     job: &Job,
     payload: &mut Value,
     contacts: &[Contact],
-    decisions: &[Decision],
+    decisions: &[D],
     now: DateTime<Utc>,
 ) -> Result<Option<Outcome>> {
     store(&mut tx, core, decisions, Cause::Recompute, now).await?;
@@ -739,14 +740,36 @@ struct Ahead {
 }
 
 impl Ahead {
+    /// Reads on a reader connection used directly (see `store::direct`): a batch reads tens
+    /// of thousands of rows, and through sqlx each would cross to the connection's thread.
+    /// Falls back to sqlx if a read is not written for the direct connection.
     async fn read(core: &Core, cursor: &str) -> Result<Ahead> {
         let now = core.clock.now();
+        if let Some(mut conn) = core.store.reader_connection().await? {
+            let mut handle = conn.lock_handle().await?;
+            // Declared after `handle`, so dropped (rolled back, unless committed) before it.
+            let mut tx = Tx::Direct(Direct::begin_read(&mut handle)?);
+            match Ahead::read_in(&mut tx, core, cursor, now).await {
+                Err(StoreError::Indirect(at)) => {
+                    tracing::debug!(at, "recompute read not direct; reading through sqlx");
+                }
+                read => {
+                    tx.commit().await?;
+                    return read;
+                }
+            }
+        }
         let mut tx = core.store.read().await?;
+        let ahead = Ahead::read_in(&mut tx, core, cursor, now).await?;
+        tx.commit().await?;
+        Ok(ahead)
+    }
+
+    async fn read_in(tx: &mut Tx, core: &Core, cursor: &str, now: DateTime<Utc>) -> Result<Ahead> {
         // Only on SQLite (see `recompute`), where events are numbered.
         let events_seen = tx.newest_event_number().await?.unwrap_or_default();
         let contacts = tx.contacts_after(cursor, BATCH as i64, false).await?;
-        let (decisions, members) = decide_batch(&mut tx, core, &contacts, true, now).await?;
-        tx.commit().await?;
+        let (decisions, members) = decide_batch(tx, core, &contacts, true, now).await?;
         Ok(Ahead {
             contacts,
             decisions,
@@ -756,11 +779,34 @@ impl Ahead {
         })
     }
 
-    /// Stores the batch in a write transaction, deciding anew the contacts that changed since
-    /// it was read.
+    /// Stores the batch in a write transaction on the writer connection used directly (or
+    /// through sqlx, if a statement is not written for it), deciding anew the contacts that
+    /// changed since it was read.
     async fn write(self, core: &Core, job: &Job, payload: &mut Value) -> Result<Option<Outcome>> {
+        {
+            let (mut conn, prepared) = core.store.writer_connection().await?;
+            let mut handle = conn.lock_handle().await?;
+            // Declared after `handle`, so dropped (rolled back, unless committed) before it.
+            let tx = Tx::Direct(Direct::begin(&mut handle, &prepared)?);
+            match self.write_in(tx, core, job, payload).await {
+                Err(StoreError::Indirect(at)) => {
+                    tracing::debug!(at, "recompute write not direct; writing through sqlx");
+                }
+                written => return written,
+            }
+        }
+        let tx = core.store.write().await?;
+        self.write_in(tx, core, job, payload).await
+    }
+
+    async fn write_in(
+        &self,
+        mut tx: Tx,
+        core: &Core,
+        job: &Job,
+        payload: &mut Value,
+    ) -> Result<Option<Outcome>> {
         let now = self.now;
-        let mut tx = core.store.write().await?;
         let ids: Vec<String> = self.contacts.iter().map(|c| c.id.clone()).collect();
         let mut changed: BTreeSet<String> = tx
             .contacts_with_events_after(self.events_seen)
@@ -784,20 +830,22 @@ impl Ahead {
                 changed.insert(id.clone());
             }
         }
-        let mut decisions: Vec<Decision> = self
-            .decisions
-            .into_iter()
-            .filter(|d| !changed.contains(&d.contact.id))
-            .collect();
         let again: Vec<Contact> = self
             .contacts
             .iter()
             .filter(|c| changed.contains(&c.id))
             .filter_map(|c| fresh.get(&c.id).cloned())
             .collect();
-        if !again.is_empty() {
-            decisions.extend(decide_batch(&mut tx, core, &again, true, now).await?.0);
-        }
+        let decided_again = match again.is_empty() {
+            true => Vec::new(),
+            false => decide_batch(&mut tx, core, &again, true, now).await?.0,
+        };
+        let decisions: Vec<&Decision> = self
+            .decisions
+            .iter()
+            .filter(|d| !changed.contains(&d.contact.id))
+            .chain(&decided_again)
+            .collect();
         store_batch(tx, core, job, payload, &self.contacts, &decisions, now).await
     }
 }

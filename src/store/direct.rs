@@ -31,7 +31,7 @@ use super::{Backend, Result, Store, StoreError, Tx};
 
 impl Store {
     /// The SQLite writer connection, for a [`Direct`] transaction, and what it keeps prepared.
-    pub(super) async fn writer_connection(
+    pub async fn writer_connection(
         &self,
     ) -> Result<(sqlx::pool::PoolConnection<sqlx::Sqlite>, Arc<Prepared>)> {
         match self {
@@ -39,6 +39,17 @@ impl Store {
                 writer, prepared, ..
             } => Ok((writer.acquire().await?, Arc::clone(prepared))),
             Store::Postgres(_) => Err(StoreError::Indirect("a PostgreSQL store")),
+        }
+    }
+
+    /// A SQLite reader connection, for a [`Direct::begin_read`] transaction; `None` on
+    /// PostgreSQL.
+    pub async fn reader_connection(
+        &self,
+    ) -> Result<Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>> {
+        match self {
+            Store::Sqlite { reader, .. } => Ok(Some(reader.acquire().await?)),
+            Store::Postgres(_) => Ok(None),
         }
     }
 }
@@ -306,45 +317,56 @@ impl Prepared {
     }
 }
 
-/// A write transaction on the SQLite writer connection, taken from sqlx for its duration.
-/// Rolls back when dropped before [`Direct::commit`].
+/// A transaction on a SQLite connection taken from sqlx for its duration: a write
+/// transaction on the writer connection, or a read transaction on a reader. Rolls back when
+/// dropped before [`Direct::commit`].
 pub struct Direct {
     conn: Option<rusqlite::Connection>,
     raw: usize,
-    home: Arc<Prepared>,
+    /// Where the writer connection's statements are kept between transactions; a reader's
+    /// are finalized at the end of the transaction.
+    home: Option<Arc<Prepared>>,
     open: bool,
 }
 
 impl Direct {
-    /// Starts a write transaction on the connection whose handle `handle` holds. The caller
-    /// keeps `handle` until this is dropped.
-    #[allow(unsafe_code)]
-    pub(super) fn begin(
-        handle: &mut LockedSqliteHandle<'_>,
-        home: &Arc<Prepared>,
-    ) -> Result<Direct> {
+    /// Starts a write transaction on the writer connection, whose handle `handle` holds. The
+    /// caller keeps `handle` until this is dropped.
+    pub fn begin(handle: &mut LockedSqliteHandle<'_>, home: &Arc<Prepared>) -> Result<Direct> {
         let raw = handle.as_raw_handle().as_ptr();
         let conn = match home.take(raw as usize) {
             Some(conn) => conn,
-            None => {
-                // SAFETY: `raw` is the open connection of `handle`, whose lock keeps sqlx's
-                // worker thread off it; this connection is used only while a `Direct` holds
-                // such a lock, and is dropped (its statements finalized) before sqlx closes
-                // the handle (see `Prepared`). rusqlite does not close a connection made with
-                // `from_handle`.
-                let conn = unsafe { rusqlite::Connection::from_handle(raw) }?;
-                // Room for every statement of the engine's transactions.
-                conn.set_prepared_statement_cache_capacity(64);
-                conn
-            }
+            None => connection(handle)?,
         };
+        Direct::start(
+            conn,
+            raw as usize,
+            Some(Arc::clone(home)),
+            "BEGIN IMMEDIATE",
+        )
+    }
+
+    /// Starts a read transaction on a reader connection, whose handle `handle` holds, so a
+    /// long run of reads (a recompute batch) does not hand every row across threads. The
+    /// caller keeps `handle` until this is dropped.
+    pub fn begin_read(handle: &mut LockedSqliteHandle<'_>) -> Result<Direct> {
+        let raw = handle.as_raw_handle().as_ptr() as usize;
+        Direct::start(connection(handle)?, raw, None, "BEGIN")
+    }
+
+    fn start(
+        conn: rusqlite::Connection,
+        raw: usize,
+        home: Option<Arc<Prepared>>,
+        begin: &str,
+    ) -> Result<Direct> {
         let mut direct = Direct {
             conn: Some(conn),
-            raw: raw as usize,
-            home: Arc::clone(home),
+            raw,
+            home,
             open: false,
         };
-        direct.conn()?.execute_batch("BEGIN IMMEDIATE")?;
+        direct.conn()?.execute_batch(begin)?;
         direct.open = true;
         Ok(direct)
     }
@@ -410,10 +432,27 @@ impl Drop for Direct {
         };
         // Leaves the connection outside any transaction, as sqlx expects it; one that will not
         // roll back is not kept.
-        if !self.open || conn.execute_batch("ROLLBACK").is_ok() {
-            self.home.put(self.raw, conn);
+        if (!self.open || conn.execute_batch("ROLLBACK").is_ok())
+            && let Some(home) = &self.home
+        {
+            home.put(self.raw, conn);
         }
     }
+}
+
+/// rusqlite's view of the connection `handle` holds.
+#[allow(unsafe_code)]
+fn connection(handle: &mut LockedSqliteHandle<'_>) -> Result<rusqlite::Connection> {
+    let raw = handle.as_raw_handle().as_ptr();
+    // SAFETY: `raw` is the open connection of `handle`, whose lock keeps sqlx's worker thread
+    // off it; the connection made here is used only while a `Direct` holds such a lock, and is
+    // dropped (its statements finalized) before sqlx closes the handle: at the end of a read
+    // transaction, or for the writer's see `Prepared`. rusqlite does not close a connection
+    // made with `from_handle`.
+    let conn = unsafe { rusqlite::Connection::from_handle(raw) }?;
+    // Room for every statement of the engine's transactions.
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
 }
 
 /// Binds one argument the way sqlx-sqlite does, so rows written either way compare and
@@ -639,6 +678,43 @@ pub(super) mod tests {
         );
         assert_eq!(a, b);
         assert_eq!(a.0, "2026-11-29T12:00:00.123456+00:00");
+        store.close().await;
+    }
+
+    /// A reader taken from sqlx reads a snapshot (a write committed meanwhile is not in it),
+    /// and goes back to sqlx usable, with no statement of ours left on it.
+    #[tokio::test]
+    async fn a_reader_used_directly_reads_a_snapshot_and_goes_back_to_sqlx() {
+        let (_dir, store) = sqlite().await;
+        let put = |id: &'static str| {
+            let store = store.clone();
+            async move {
+                let mut tx = store.write().await.expect("write");
+                tx.put_contact(&contact(id)).await.expect("put");
+                tx.commit().await.expect("commit");
+            }
+        };
+        put("before").await;
+        let mut conn = store
+            .reader_connection()
+            .await
+            .expect("reader")
+            .expect("SQLite");
+        let mut handle = conn.lock_handle().await.expect("handle");
+        let mut tx = Tx::Direct(Direct::begin_read(&mut handle).expect("begin"));
+        let count = Sql::new("SELECT COUNT(*) FROM contacts");
+        let (first,): (i64,) = tx.one(count.clone()).await.expect("count");
+        put("during").await;
+        let (second,): (i64,) = tx.one(count).await.expect("count");
+        tx.commit().await.expect("commit");
+        drop(handle);
+        assert_eq!((first, second), (1, 1));
+        let (now,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM contacts")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("sqlx on the same connection");
+        assert_eq!(now, 2);
+        drop(conn);
         store.close().await;
     }
 
