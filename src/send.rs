@@ -21,7 +21,7 @@ use crate::template::Mode;
 use crate::transport::SendError;
 use crate::transport::route::Sent;
 use crate::workflow::engine::contact_zone;
-use crate::workflow::model::{CapOutcome, Category, SendSpec};
+use crate::workflow::model::{CapOutcome, Category, PolicyOverrides, SendSpec};
 use crate::workflow::program::Node;
 use crate::workflow::trigger::contact_view;
 
@@ -78,8 +78,8 @@ pub enum Prepared {
 }
 
 /// The first half of a send step, inside the caller's write transaction (which must commit
-/// before [`transmit`]): the message row (unique per journey and step), policy, rendering and
-/// the move to `sending`. Never calls the network.
+/// before [`transmit`]): policy, then the message row (unique per journey and step), written
+/// at once in the state policy decided (`sending` when it goes out). Never calls the network.
 pub async fn prepare(
     core: &Core,
     tx: &mut Tx,
@@ -97,6 +97,17 @@ pub async fn prepare(
         .or_else(|| wf.and_then(|w| w.def.transport.clone()))
         .unwrap_or_else(|| core.settings.category_transport(category).to_owned());
     let contact = tx.get_contact(&journey.contact_id).await?;
+    let to_email = contact
+        .as_ref()
+        .map(|c| c.email.clone())
+        .unwrap_or_default();
+    let overrides = wf.map(|w| w.def.policy).unwrap_or_default();
+    let verdict = judge(core, tx, contact, category, &transport_name, overrides, now).await?;
+    let (status, detail, transport, attempts) = match &verdict {
+        Verdict::Send(_) => (ms::SENDING, None, Some(transport_name.clone()), 1),
+        Verdict::Resolve { status, detail, .. } => (*status, Some(detail.clone()), None, 0),
+        Verdict::Defer { note, .. } => (ms::PENDING, Some(note.clone()), None, 0),
+    };
     let row = Message {
         id: uuid::Uuid::now_v7().to_string(),
         journey_id: journey.id.clone(),
@@ -106,112 +117,171 @@ pub async fn prepare(
         workflow: journey.workflow.clone(),
         template: spec.template.clone(),
         category: category_name(category).to_owned(),
-        to_email: contact
-            .as_ref()
-            .map(|c| c.email.clone())
-            .unwrap_or_default(),
+        to_email,
         subject: None,
-        status: ms::PENDING.to_owned(),
-        transport: None,
+        status: status.to_owned(),
+        transport,
         provider_message_id: None,
-        detail: None,
-        attempts: 0,
+        detail,
+        attempts,
         created_at: now,
         updated_at: now,
         sent_at: None,
     };
-    let message = tx.ensure_message(&row).await?;
-    match message.status.as_str() {
-        ms::PENDING => {}
-        ms::SENDING => {
-            let detail =
-                "the process stopped after handing the message to the transport; not re-sent";
-            tx.transition_message(
-                &message.id,
-                ms::SENDING,
-                ms::UNKNOWN,
-                Some(detail),
-                None,
-                None,
-                None,
-                now,
-            )
-            .await?;
-            tracing::warn!(message = %message.id, "message fate unknown after a restart; not re-sending");
-            return Ok(Prepared::Done(Delivery::Resolved));
+    let (message, fresh) = tx.insert_message(&row).await?;
+    if !fresh {
+        // An earlier run of this step left its row.
+        match message.status.as_str() {
+            ms::PENDING => {}
+            ms::SENDING => {
+                let detail =
+                    "the process stopped after handing the message to the transport; not re-sent";
+                tx.transition_message(
+                    &message.id,
+                    ms::SENDING,
+                    ms::UNKNOWN,
+                    Some(detail),
+                    None,
+                    None,
+                    None,
+                    now,
+                )
+                .await?;
+                tracing::warn!(message = %message.id, "message fate unknown after a restart; not re-sending");
+                return Ok(Prepared::Done(Delivery::Resolved));
+            }
+            _ => return Ok(Prepared::Done(Delivery::Resolved)),
         }
-        _ => return Ok(Prepared::Done(Delivery::Resolved)),
     }
+    match verdict {
+        Verdict::Send(contact) => {
+            let handed_over = fresh
+                || tx
+                    .transition_message(
+                        &message.id,
+                        ms::PENDING,
+                        ms::SENDING,
+                        None,
+                        None,
+                        None,
+                        Some(&transport_name),
+                        now,
+                    )
+                    .await?;
+            if !handed_over {
+                return Ok(Prepared::Done(Delivery::Resolved));
+            }
+            Ok(Prepared::Send(Box::new(Handover {
+                message_id: message.id,
+                transport: transport_name,
+                draft: Draft {
+                    template: spec.template.clone(),
+                    subject: spec.subject.clone(),
+                    workflow: journey.workflow.clone(),
+                    event: journey.context.0.get("event").cloned().unwrap_or(json!({})),
+                    marketing: category == Category::Marketing,
+                    tracked: wf
+                        .and_then(|w| w.def.tracking)
+                        .unwrap_or(core.settings.tracking.enabled),
+                    contact: *contact,
+                },
+            })))
+        }
+        Verdict::Resolve {
+            status,
+            detail,
+            journey_note,
+        } => {
+            if let Some(note) = journey_note {
+                tx.set_journey_note(&journey.id, note, now).await?;
+            }
+            if !fresh {
+                tx.transition_message(
+                    &message.id,
+                    ms::PENDING,
+                    status,
+                    Some(&detail),
+                    None,
+                    None,
+                    None,
+                    now,
+                )
+                .await?;
+            }
+            tracing::info!(message = %message.id, status, detail, "message not sent");
+            Ok(Prepared::Done(Delivery::Resolved))
+        }
+        Verdict::Defer { until, note } => {
+            tx.set_journey_note(&journey.id, &note, now).await?;
+            if !fresh {
+                tx.set_message_detail(&message.id, &note, now).await?;
+            }
+            Ok(Prepared::Done(Delivery::Defer {
+                until,
+                reason: note,
+            }))
+        }
+    }
+}
+
+/// What policy decided about a send, before any message row is written.
+enum Verdict {
+    /// Hand it to the transport.
+    Send(Box<Contact>),
+    /// A final status without sending, with a note for the journey.
+    Resolve {
+        status: &'static str,
+        detail: String,
+        journey_note: Option<&'static str>,
+    },
+    /// Held back until `until` (quiet hours, a frequency cap).
+    Defer { until: DateTime<Utc>, note: String },
+}
+
+/// Consent, suppression, etiquette and the transport, in that order: reads only.
+async fn judge(
+    core: &Core,
+    tx: &mut Tx,
+    contact: Option<Contact>,
+    category: Category,
+    transport_name: &str,
+    overrides: PolicyOverrides,
+    now: DateTime<Utc>,
+) -> Result<Verdict> {
+    let resolve = |status, detail: &str| Verdict::Resolve {
+        status,
+        detail: detail.to_owned(),
+        journey_note: None,
+    };
     let Some(contact) = contact else {
-        return resolve(
-            tx,
-            &message,
-            ms::SUPPRESSED,
-            "contact no longer exists",
-            now,
-        )
-        .await;
+        return Ok(resolve(ms::SUPPRESSED, "contact no longer exists"));
     };
     if let Some(reason) = blocked(tx, &contact, category).await? {
-        return resolve(tx, &message, ms::SUPPRESSED, &reason, now).await;
+        return Ok(resolve(ms::SUPPRESSED, &reason));
     }
     if category == Category::Marketing {
-        let policy =
-            Policy::for_workflow(core.policy, &wf.map(|w| w.def.policy).unwrap_or_default());
-        if let Some(decision) = etiquette(tx, core, &contact, &policy, now).await? {
-            let note = match decision {
-                Etiquette::Skip => {
-                    tx.set_journey_note(&journey.id, "skipped: frequency_cap", now)
-                        .await?;
-                    return resolve(tx, &message, ms::SKIPPED, "skipped: frequency_cap", now).await;
-                }
-                Etiquette::Defer { until, reason } => (
-                    until,
-                    format!("deferred_until {}: {reason}", until.to_rfc3339()),
-                ),
-            };
-            tx.set_journey_note(&journey.id, &note.1, now).await?;
-            tx.set_message_detail(&message.id, &note.1, now).await?;
-            return Ok(Prepared::Done(Delivery::Defer {
-                until: note.0,
-                reason: note.1,
-            }));
+        let policy = Policy::for_workflow(core.policy, &overrides);
+        match etiquette(tx, core, &contact, &policy, now).await? {
+            Some(Etiquette::Skip) => {
+                const SKIPPED: &str = "skipped: frequency_cap";
+                return Ok(Verdict::Resolve {
+                    status: ms::SKIPPED,
+                    detail: SKIPPED.to_owned(),
+                    journey_note: Some(SKIPPED),
+                });
+            }
+            Some(Etiquette::Defer { until, reason }) => {
+                let note = format!("deferred_until {}: {reason}", until.to_rfc3339());
+                return Ok(Verdict::Defer { until, note });
+            }
+            None => {}
         }
     }
-    if !core.transports.contains(&transport_name) {
+    if !core.transports.contains(transport_name) {
         let detail = format!("no transport named `{transport_name}`");
-        return resolve(tx, &message, ms::FAILED, &detail, now).await;
+        return Ok(resolve(ms::FAILED, &detail));
     }
-    let handed_over = tx
-        .transition_message(
-            &message.id,
-            ms::PENDING,
-            ms::SENDING,
-            None,
-            None,
-            None,
-            Some(&transport_name),
-            now,
-        )
-        .await?;
-    if !handed_over {
-        return Ok(Prepared::Done(Delivery::Resolved));
-    }
-    Ok(Prepared::Send(Box::new(Handover {
-        message_id: message.id,
-        transport: transport_name,
-        draft: Draft {
-            template: spec.template.clone(),
-            subject: spec.subject.clone(),
-            workflow: journey.workflow.clone(),
-            event: journey.context.0.get("event").cloned().unwrap_or(json!({})),
-            marketing: category == Category::Marketing,
-            tracked: wf
-                .and_then(|w| w.def.tracking)
-                .unwrap_or(core.settings.tracking.enabled),
-            contact,
-        },
-    })))
+    Ok(Verdict::Send(Box::new(contact)))
 }
 
 /// Renders and builds a handed-over message, outside any transaction (so templating never
@@ -410,29 +480,6 @@ pub async fn record(tx: &mut Tx, receipt: &Receipt, now: DateTime<Utc>) -> Resul
     )
     .await?;
     Ok(())
-}
-
-/// Records a final status for a message that was never handed to a transport.
-async fn resolve(
-    tx: &mut Tx,
-    message: &Message,
-    status: &str,
-    detail: &str,
-    now: DateTime<Utc>,
-) -> Result<Prepared> {
-    tx.transition_message(
-        &message.id,
-        ms::PENDING,
-        status,
-        Some(detail),
-        None,
-        None,
-        None,
-        now,
-    )
-    .await?;
-    tracing::info!(message = %message.id, status, detail, "message not sent");
-    Ok(Prepared::Done(Delivery::Resolved))
 }
 
 /// Marks a step's pending message failed when its job runs out of attempts.

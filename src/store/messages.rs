@@ -8,8 +8,14 @@ use super::{DeliveryRow, Message, MessageFacts, Result, Tx, on_conn};
 
 impl Tx {
     /// Inserts the message unless its (journey, step, iteration) exists; returns the stored row.
-    /// The insert returns the new row, so only a retried step reads the existing one.
     pub async fn ensure_message(&mut self, m: &Message) -> Result<Message> {
+        Ok(self.insert_message(m).await?.0)
+    }
+
+    /// Inserts the message unless its (journey, step, iteration) exists; returns the stored row
+    /// and whether it is the one just inserted. The insert returns the new row, so only a
+    /// retried step reads the existing one.
+    pub async fn insert_message(&mut self, m: &Message) -> Result<(Message, bool)> {
         let inserted = self
             .optional::<Message>(
                 Sql::new(
@@ -42,17 +48,19 @@ impl Tx {
             )
             .await?;
         if let Some(row) = inserted {
-            return Ok(row);
+            return Ok((row, true));
         }
-        self.one(
-            Sql::new(
-                "SELECT * FROM messages WHERE journey_id = $1 AND step = $2 AND iteration = $3",
+        let existing = self
+            .one(
+                Sql::new(
+                    "SELECT * FROM messages WHERE journey_id = $1 AND step = $2 AND iteration = $3",
+                )
+                .arg(&m.journey_id)
+                .arg(&m.step)
+                .arg(m.iteration),
             )
-            .arg(&m.journey_id)
-            .arg(&m.step)
-            .arg(m.iteration),
-        )
-        .await
+            .await?;
+        Ok((existing, false))
     }
 
     /// Moves a message from status `from` to `to`, recording what is known. Answers false when
