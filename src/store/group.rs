@@ -39,7 +39,6 @@ const MAX_BATCH: usize = 256;
 /// submitter, e.g. the `Core` that owns this) and the transaction.
 pub struct GroupCommit<C> {
     queue: Arc<Queue<C>>,
-    leader: tokio::sync::Mutex<()>,
     /// The shared context, once it is in an `Arc`: batches need an owned one to run on the
     /// writer thread.
     owner: OnceLock<Weak<C>>,
@@ -70,7 +69,6 @@ impl<C> Default for GroupCommit<C> {
                 pending: Mutex::new(Vec::new()),
                 draining: AtomicBool::new(false),
             }),
-            leader: tokio::sync::Mutex::new(()),
             owner: OnceLock::new(),
         }
     }
@@ -78,7 +76,7 @@ impl<C> Default for GroupCommit<C> {
 
 impl<C: Send + Sync + 'static> GroupCommit<C> {
     /// Lets batches run on the store's writer thread, with `owner` as their context. Until
-    /// then they run on the submitting task.
+    /// then each operation runs alone, on the submitting task.
     pub fn bind(&self, owner: &Arc<C>) {
         let _ = self.owner.set(Arc::downgrade(owner));
     }
@@ -115,39 +113,20 @@ impl<C: Send + Sync + 'static> GroupCommit<C> {
             })
         });
         let (done, answer) = oneshot::channel();
-        self.queue.pending().push(Pending { op: erased, done });
+        let pending = Pending { op: erased, done };
         match (store.writer_thread(), self.owner()) {
             (Some(thread), Some(owner)) => {
+                self.queue.pending().push(pending);
                 if !self.queue.draining.swap(true, Ordering::SeqCst) {
                     thread.spawn(drain(Arc::clone(&self.queue), owner, store.clone()));
                 }
-                answer.await.map_err(|_| StoreError::Abandoned)??;
             }
-            _ => self.lead(ctx, store, answer).await?,
+            // Not bound to its context yet: the operation runs alone, here.
+            _ => run_batch(ctx, store, vec![pending]).await,
         }
+        answer.await.map_err(|_| StoreError::Abandoned)??;
         let value = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
         value.ok_or(StoreError::Abandoned)
-    }
-
-    /// Without a writer thread, the first submitter to get the leader lock runs everything
-    /// queued so far, and the others find their result ready when they get it.
-    async fn lead(
-        &self,
-        ctx: &C,
-        store: &Store,
-        mut answer: oneshot::Receiver<Result<()>>,
-    ) -> Result<()> {
-        loop {
-            let leader = self.leader.lock().await;
-            // A leader sends every result of its batch before it lets go of the lock.
-            match answer.try_recv() {
-                Ok(result) => return result,
-                Err(oneshot::error::TryRecvError::Closed) => return Err(StoreError::Abandoned),
-                Err(oneshot::error::TryRecvError::Empty) => {}
-            }
-            run_batch(ctx, store, self.queue.next_batch()).await;
-            drop(leader);
-        }
     }
 }
 
