@@ -12,6 +12,7 @@ mod jobs;
 mod journeys;
 mod messages;
 pub mod models;
+mod nodelay;
 mod notify;
 mod pace;
 mod segments;
@@ -176,6 +177,14 @@ impl Store {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections.max(2))
                 .acquire_timeout(Duration::from_secs(30))
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        if !nodelay::set_on(conn).await? {
+                            tracing::debug!("TCP_NODELAY not set on a PostgreSQL connection");
+                        }
+                        Ok(())
+                    })
+                })
                 .connect_with(options)
                 .await?;
             Ok(Store::Postgres(pool))
