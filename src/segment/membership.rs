@@ -643,61 +643,134 @@ pub async fn run_job(core: &Core, job: &Job) -> Result<Outcome> {
 
 /// Recomputes every contact's profile and memberships, one batch per transaction with the
 /// cursor stored alongside, then queues a population refresh.
-///
-/// On SQLite the next batch is read and decided on a reader connection while the writer stores
-/// the current one (see [`Ahead`]); PostgreSQL reads each batch in its write transaction.
 async fn recompute(core: &Core, job: &Job) -> Result<Outcome> {
-    let mut payload = job.payload.0.clone();
-    let mut ahead = match core.store.backend() {
-        Backend::Sqlite => Some(Ahead::read(core, page_cursor(&payload)).await?),
-        Backend::Postgres => None,
-    };
-    loop {
-        let (stored, next) = match ahead.take() {
-            Some(batch) => {
-                // Only a full batch can have one after it.
-                let last = (batch.contacts.len() == BATCH)
-                    .then(|| batch.contacts.last().map(|c| c.id.clone()))
-                    .flatten();
-                let read_next = async {
-                    match last {
-                        Some(last) => Ahead::read(core, &last).await.map(Some),
-                        None => Ok(None),
-                    }
-                };
-                // The writes run on the writer thread, the reads here, side by side.
-                let job = job.clone();
-                let write = core.on_writer(move |core| async move {
-                    let stored = batch.write(&core, &job, &mut payload).await?;
-                    Ok((stored, payload))
-                });
-                let (written, next) = tokio::join!(write, read_next);
-                let (stored, moved) = written?;
-                payload = moved;
-                (stored, next?)
-            }
-            None => {
-                let now = core.clock.now();
-                let mut tx = core.store.write().await?;
-                let contacts = tx
-                    .contacts_after(page_cursor(&payload), BATCH as i64, false)
-                    .await?;
-                let (decisions, _) = decide_batch(&mut tx, core, &contacts, true, now).await?;
-                let stored =
-                    store_batch(tx, core, job, &mut payload, &contacts, &decisions, now).await?;
-                (stored, None)
-            }
-        };
-        if let Some(outcome) = stored {
-            return Ok(outcome);
-        }
-        ahead = next;
+    match core.store.backend() {
+        Backend::Sqlite => recompute_read_ahead(core, job).await,
+        Backend::Postgres => recompute_in_pairs(core, job).await,
     }
 }
 
-/// Stores a recompute batch's decisions and ends its write transaction: renews the lease with
-/// the cursor moved past `contacts`, and after the last batch finishes the job and queues a
-/// population refresh. `Some` when the job is over.
+/// SQLite: the next batch is read and decided on a reader connection while the writer stores
+/// the current one (see [`Ahead`]).
+async fn recompute_read_ahead(core: &Core, job: &Job) -> Result<Outcome> {
+    let mut payload = job.payload.0.clone();
+    let mut batch = Ahead::read(core, page_cursor(&payload)).await?;
+    loop {
+        // Only a full batch can have one after it.
+        let last = (batch.contacts.len() == BATCH)
+            .then(|| batch.contacts.last().map(|c| c.id.clone()))
+            .flatten();
+        let read_next = async {
+            match last {
+                Some(last) => Ahead::read(core, &last).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        // The writes run on the writer thread, the reads here, side by side.
+        let job = job.clone();
+        let write = core.on_writer(move |core| async move {
+            let stored = batch.write(&core, &job, &mut payload).await?;
+            Ok((stored, payload))
+        });
+        let (written, next) = tokio::join!(write, read_next);
+        let (stored, moved) = written?;
+        payload = moved;
+        if let Some(outcome) = stored {
+            return Ok(outcome);
+        }
+        let Some(next) = next? else {
+            // Not reached: only a full batch leaves the job running, and it reads the next.
+            return Ok(Outcome::Done);
+        };
+        batch = next;
+    }
+}
+
+/// PostgreSQL: two batches at a time, each read, decided and stored in a transaction of its
+/// own, so the server works on both at once (one batch is mostly server time). Each covers a
+/// fixed range of ids; the second turns the page only after the first committed, so the
+/// stored cursor never passes a batch that did not land.
+async fn recompute_in_pairs(core: &Core, job: &Job) -> Result<Outcome> {
+    let mut payload = job.payload.0.clone();
+    loop {
+        let start = page_cursor(&payload).to_owned();
+        let mut tx = core.store.read().await?;
+        let first_end = tx.page_end(&start, BATCH).await?;
+        let second_end = match &first_end {
+            Some(end) => tx.page_end(end, BATCH).await?,
+            None => None,
+        };
+        tx.commit().await?;
+        let Some(middle) = first_end else {
+            return Ok(
+                range_batch(core, job, &mut payload, (&start, None), None, None)
+                    .await?
+                    .unwrap_or(Outcome::Done),
+            );
+        };
+        let (first_done, after_first) = tokio::sync::oneshot::channel();
+        let mut second_payload = payload.clone();
+        let (first, second) = tokio::join!(
+            range_batch(
+                core,
+                job,
+                &mut payload,
+                (&start, Some(&middle)),
+                None,
+                Some(first_done),
+            ),
+            range_batch(
+                core,
+                job,
+                &mut second_payload,
+                (&middle, second_end.as_deref()),
+                Some(after_first),
+                None,
+            ),
+        );
+        if let Some(outcome) = first? {
+            return Ok(outcome);
+        }
+        if let Some(outcome) = second? {
+            return Ok(outcome);
+        }
+        payload = second_payload;
+    }
+}
+
+/// Recomputes the contacts with ids in `(from, to]` (to the end without `to`) in one
+/// transaction. Waits for `after` (the batch before committed) before turning the page, and
+/// says so on `done` once committed. `Some` when the job is over.
+async fn range_batch(
+    core: &Core,
+    job: &Job,
+    payload: &mut Value,
+    (from, to): (&str, Option<&str>),
+    after: Option<tokio::sync::oneshot::Receiver<()>>,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<Option<Outcome>> {
+    let now = core.clock.now();
+    let mut tx = core.store.write().await?;
+    let contacts = tx.contacts_in(from, to).await?;
+    let (decisions, _) = decide_batch(&mut tx, core, &contacts, true, now).await?;
+    store(&mut tx, core, &decisions, Cause::Recompute, now).await?;
+    if let Some(after) = after
+        && after.await.is_err()
+    {
+        // The batch before did not land; this one is done again when the job is retried.
+        tx.rollback().await?;
+        return Ok(Some(Outcome::LeaseLost));
+    }
+    let last = to.or(contacts.last().map(|c| c.id.as_str()));
+    let over = end_batch(tx, core, job, payload, last, to.is_some(), now).await?;
+    if let Some(done) = done {
+        // Nobody waits when the batch after has failed already.
+        let _ = done.send(());
+    }
+    Ok(over)
+}
+
+/// Stores a recompute batch's decisions and ends its write transaction (see [`end_batch`]).
 async fn store_batch<D: Borrow<Decision>>(
     mut tx: Tx,
     core: &Core,
@@ -709,11 +782,26 @@ async fn store_batch<D: Borrow<Decision>>(
 ) -> Result<Option<Outcome>> {
     store(&mut tx, core, decisions, Cause::Recompute, now).await?;
     let last = contacts.last().map(|c| c.id.as_str());
+    end_batch(tx, core, job, payload, last, contacts.len() == BATCH, now).await
+}
+
+/// Ends a recompute batch's write transaction: renews the lease with the cursor moved past
+/// `last`, and when no batch comes after (`more` false) finishes the job and queues a
+/// population refresh. `Some` when the job is over.
+async fn end_batch(
+    mut tx: Tx,
+    core: &Core,
+    job: &Job,
+    payload: &mut Value,
+    last: Option<&str>,
+    more: bool,
+    now: DateTime<Utc>,
+) -> Result<Option<Outcome>> {
     if !turn_page(&mut tx, core, job, payload, last, now).await? {
         tx.rollback().await?;
         return Ok(Some(Outcome::LeaseLost));
     }
-    if contacts.len() == BATCH {
+    if more {
         tx.commit().await?;
         return Ok(None);
     }

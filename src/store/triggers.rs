@@ -163,6 +163,34 @@ impl Tx {
         )
         .await
     }
+
+    /// The id `n` contacts after `cursor` in id order: where a page of `n` that starts after
+    /// `cursor` ends. `None` when fewer than `n` follow.
+    pub async fn page_end(&mut self, cursor: &str, n: usize) -> Result<Option<String>> {
+        let offset = i64::try_from(n.saturating_sub(1)).unwrap_or(i64::MAX);
+        let row: Option<(String,)> = self
+            .optional(
+                Sql::new("SELECT id FROM contacts WHERE id > $1 ORDER BY id LIMIT 1 OFFSET $2")
+                    .arg(cursor)
+                    .arg(offset),
+            )
+            .await?;
+        Ok(row.map(|(id,)| id))
+    }
+
+    /// The contacts with ids after `from` and up to `to` (to the last without `to`), in id
+    /// order.
+    pub async fn contacts_in(&mut self, from: &str, to: Option<&str>) -> Result<Vec<Contact>> {
+        // Two statements rather than `$2 IS NULL OR id <= $2`, which a generic plan would
+        // check row by row to the end of the table.
+        let sql = match to {
+            Some(to) => Sql::new("SELECT * FROM contacts WHERE id > $1 AND id <= $2 ORDER BY id")
+                .arg(from)
+                .arg(to),
+            None => Sql::new("SELECT * FROM contacts WHERE id > $1 ORDER BY id").arg(from),
+        };
+        self.all::<Contact>(sql).await
+    }
 }
 
 impl Store {
