@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sqlx::types::Json;
 
 use super::evaluate::{Fact, Facts, evaluate_all};
-use super::profile::{Observed, Profile, Purchaser, Stage, high_value_threshold, rfm_scores};
+use super::profile::{Observed, Profile, Purchaser, Rfm, Stage, high_value_threshold, rfm_scores};
 use super::{ENTERED, EXITED};
 use crate::core::Core;
 use crate::scheduler::{page_cursor, turn_page};
@@ -973,35 +973,28 @@ async fn refresh_population(core: &Core, job: &Job) -> Result<Outcome> {
         .high_value_total
         .or_else(|| high_value_threshold(&mut totals, core.profile_rules.high_value_share));
     drop(totals);
+    let scoring = std::sync::Arc::new(Scoring {
+        purchasers,
+        scores,
+        threshold,
+    });
     let mut cursor = String::new();
     loop {
-        let mut tx = core.store.write().await?;
-        let page = tx.purchasers_after(&cursor, BATCH as i64).await?;
-        let Some(last) = page.last() else { break };
-        cursor = last.0.clone();
-        let mut changed = Vec::new();
-        for (id, old) in &page {
-            // A contact who first ordered after the first pass is scored by the next refresh.
-            let Ok(i) = purchasers.binary_search_by(|p| p.contact_id.as_str().cmp(id)) else {
-                continue;
-            };
-            let mut profile = Profile::from_json(&old.0);
-            profile.rfm = Some(scores[i].clone());
-            profile.purchase.tier = super::profile::purchase_tier(&profile.purchase, threshold);
-            let new = profile.to_json();
-            if new != old.0 {
-                changed.push((id.as_str(), new, profile.purchase.orders));
-            }
+        // A grouped write: on SQLite it runs on the writer connection directly.
+        let scoring = std::sync::Arc::clone(&scoring);
+        let from = cursor.clone();
+        let next = core
+            .group
+            .run(core, &core.store, move |_, tx| {
+                let scoring = std::sync::Arc::clone(&scoring);
+                let from = from.clone();
+                Box::pin(async move { apply_scores(tx, &scoring, &from, now).await })
+            })
+            .await?;
+        match next {
+            Some(next) => cursor = next,
+            None => break,
         }
-        let rows: Vec<(&str, &Value, i64)> = changed
-            .iter()
-            .map(|(id, profile, orders)| (*id, profile, *orders))
-            .collect();
-        tx.store_profiles(&rows).await?;
-        let due: Vec<(&str, Option<DateTime<Utc>>)> =
-            changed.iter().map(|(id, _, _)| (*id, Some(now))).collect();
-        tx.set_segment_dues(&due).await?;
-        tx.commit().await?;
     }
     let mut tx = core.store.write().await?;
     if let Some(t) = threshold {
@@ -1019,6 +1012,55 @@ async fn refresh_population(core: &Core, job: &Job) -> Result<Outcome> {
     tx.commit().await?;
     core.wake_scheduler();
     Ok(Outcome::Done)
+}
+
+/// What a population refresh computed: every purchaser (in id order) with its scores, and the
+/// high-value threshold.
+struct Scoring {
+    purchasers: Vec<Purchaser>,
+    scores: Vec<Rfm>,
+    threshold: Option<f64>,
+}
+
+/// Applies `scoring` to the page of purchasers after `from`, each profile as stored now, and
+/// marks the contacts whose profile changed due. Returns where the next page starts, `None`
+/// after the last.
+async fn apply_scores(
+    tx: &mut Tx,
+    scoring: &Scoring,
+    from: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<String>> {
+    let page = tx.purchasers_after(from, BATCH as i64).await?;
+    let Some(last) = page.last() else {
+        return Ok(None);
+    };
+    let mut changed = Vec::new();
+    for (id, old) in &page {
+        // A contact who first ordered after the first pass is scored by the next refresh.
+        let Ok(i) = scoring
+            .purchasers
+            .binary_search_by(|p| p.contact_id.as_str().cmp(id))
+        else {
+            continue;
+        };
+        let mut profile = Profile::from_json(&old.0);
+        profile.rfm = Some(scoring.scores[i].clone());
+        profile.purchase.tier = super::profile::purchase_tier(&profile.purchase, scoring.threshold);
+        let new = profile.to_json();
+        if new != old.0 {
+            changed.push((id.as_str(), new, profile.purchase.orders));
+        }
+    }
+    let rows: Vec<(&str, &Value, i64)> = changed
+        .iter()
+        .map(|(id, profile, orders)| (*id, profile, *orders))
+        .collect();
+    tx.store_profiles(&rows).await?;
+    let due: Vec<(&str, Option<DateTime<Utc>>)> =
+        changed.iter().map(|(id, _, _)| (*id, Some(now))).collect();
+    tx.set_segment_dues(&due).await?;
+    Ok(Some(last.0.clone()))
 }
 
 #[cfg(test)]
