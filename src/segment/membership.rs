@@ -519,23 +519,45 @@ fn rebuild_profile(
 
 /// Re-evaluates every contact whose due instant has come. Returns how many were looked at.
 pub async fn sweep(core: &Core) -> Result<usize> {
+    // PostgreSQL works on two transactions at once (a sweep batch is mostly server time);
+    // SQLite has one writer.
+    let batches = match core.store.backend() {
+        Backend::Sqlite => 1,
+        Backend::Postgres => 2,
+    };
     let mut seen = 0;
     loop {
         let now = core.clock.now();
-        let due = core.store.due_segment_contacts(now, BATCH as i64).await?;
+        let due = core
+            .store
+            .due_segment_contacts(now, (batches * BATCH) as i64)
+            .await?;
         if due.is_empty() {
             return Ok(seen);
         }
         seen += due.len();
-        // A grouped write: on SQLite it runs on the writer connection directly.
-        let due = std::sync::Arc::new(due);
-        core.group
-            .run(core, &core.store, move |core, tx| {
-                let due = std::sync::Arc::clone(&due);
-                Box::pin(async move { sweep_batch(tx, core, &due, now).await })
-            })
-            .await?;
+        let (first, second) = due.split_at(due.len().min(BATCH));
+        let (first, second) = tokio::join!(
+            sweep_in_group(core, first, now),
+            sweep_in_group(core, second, now)
+        );
+        first?;
+        second?;
     }
+}
+
+/// Sweeps `due` in a grouped write: on SQLite it runs on the writer connection directly.
+async fn sweep_in_group(core: &Core, due: &[String], now: DateTime<Utc>) -> Result<()> {
+    if due.is_empty() {
+        return Ok(());
+    }
+    let due = std::sync::Arc::new(due.to_vec());
+    core.group
+        .run(core, &core.store, move |core, tx| {
+            let due = std::sync::Arc::clone(&due);
+            Box::pin(async move { sweep_batch(tx, core, &due, now).await })
+        })
+        .await
 }
 
 /// Re-evaluates the due contacts `due` in `tx`; those that no longer exist are no longer due.

@@ -427,8 +427,8 @@ async fn two_nodes_sweep_each_contact_once(db: Db) {
 }
 both_backends!(two_nodes_sweep_each_contact_once);
 
-/// A recompute over several batches (on PostgreSQL, two transactions at a time) evaluates every
-/// contact once: none skipped at a batch's edge, none entered twice.
+/// A recompute and a sweep over several batches (on PostgreSQL, two transactions at a time)
+/// evaluate every contact: none skipped at a batch's edge, none entered twice.
 async fn a_recompute_over_many_batches_evaluates_each_contact_once(db: Db) {
     let app = app(db).await;
     let now = app.clock.now();
@@ -465,6 +465,16 @@ async fn a_recompute_over_many_batches_evaluates_each_contact_once(db: Db) {
     tx.import_events(&orders).await.expect("import events");
     tx.commit().await.expect("commit");
     app.run_due().await;
+    // The refresh after the recompute scored every purchaser, so everyone is due for a
+    // sweep (on PostgreSQL, also two batches at a time); after it nobody is due now.
+    app.run_due().await;
+    let due = app
+        .core
+        .store
+        .due_segment_contacts(app.clock.now(), 10)
+        .await
+        .expect("due");
+    assert_eq!(due, Vec::<String>::new());
 
     assert_eq!(size_of(&app, "first-time-buyers").await, 1234);
     // Both sides of every batch edge (500 contacts a batch), and the ends.
