@@ -71,18 +71,8 @@ pub async fn on_event(
     if matches!(event.name.as_str(), ENTERED | EXITED) || !(observed || read) {
         return Ok(contact.clone());
     }
-    let mut profile = Profile::from_json(&contact.profile.0);
-    if observed {
-        profile.observe(
-            &Observed {
-                name: &event.name,
-                properties: &event.properties.0,
-                occurred_at: event.occurred_at,
-            },
-            &core.profile_rules,
-        );
-    }
-    refresh(tx, core, contact, profile, now).await
+    let events: &[&Event] = if observed { &[event] } else { &[] };
+    refresh(tx, core, contact, events, now).await
 }
 
 /// Applies events that only the profile reads (no segment reads them and nothing else reacts),
@@ -104,8 +94,10 @@ pub async fn observe_batch(
         by_contact.entry(&e.contact_id).or_default().push(e);
     }
     let ids: Vec<&str> = by_contact.keys().copied().collect();
+    // Locked before they are read (in id order, so concurrent batches cannot deadlock), so the
+    // profiles built on here are the latest committed.
+    tx.lock_contacts(&ids).await?;
     let mut contacts = tx.contacts_by_ids(&ids).await?;
-    // In id order, so concurrent batches lock contacts in one order (PostgreSQL deadlocks).
     contacts.sort_by(|a, b| a.id.cmp(&b.id));
     let mut quiet = Vec::new();
     for mut contact in contacts {
@@ -137,7 +129,7 @@ pub async fn observe_batch(
             contact.profile = Json(after.to_json());
             quiet.push((contact, orders));
         } else {
-            refresh(tx, core, &contact, after, now).await?;
+            refresh(tx, core, &contact, events, now).await?;
         }
     }
     let rows: Vec<(&str, &Value, i64)> = quiet
@@ -157,19 +149,33 @@ pub async fn on_contact_changed(
     if core.segments.is_empty() {
         return Ok(contact.clone());
     }
-    let profile = Profile::from_json(&contact.profile.0);
-    refresh(tx, core, contact, profile, now).await
+    refresh(tx, core, contact, &[], now).await
 }
 
+/// Folds `observed` into the contact's profile as stored now and re-evaluates its segments.
+/// The contact is locked and read again first (PostgreSQL serializes concurrent evaluations
+/// of one contact on that lock): built on `contact` as the caller read it, a concurrent
+/// event's profile change committed in between would be lost, and a change emitted twice.
 async fn refresh(
     tx: &mut Tx,
     core: &Core,
     contact: &Contact,
-    profile: Profile,
+    observed: &[&Event],
     now: DateTime<Utc>,
 ) -> Result<Contact> {
-    // Serializes concurrent evaluations of one contact (PostgreSQL), so a change is emitted once.
-    tx.lock_contact(&contact.id).await?;
+    let stored = tx.lock_and_get_contact(&contact.id).await?;
+    let contact = stored.as_ref().unwrap_or(contact);
+    let mut profile = Profile::from_json(&contact.profile.0);
+    for event in observed {
+        profile.observe(
+            &Observed {
+                name: &event.name,
+                properties: &event.properties.0,
+                occurred_at: event.occurred_at,
+            },
+            &core.profile_rules,
+        );
+    }
     let ids = [contact.id.clone()];
     let reads = fact_reads(core, false, now);
     let mut facts = group_facts(tx.facts(&ids, &as_reads(&reads)).await?);

@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 
 use super::direct::Sql;
-use super::{Contact, Result, Suppression, Tx};
+use super::{Backend, Contact, Result, Suppression, Tx};
 
 impl Tx {
     pub async fn get_contact(&mut self, id: &str) -> Result<Option<Contact>> {
@@ -17,6 +17,16 @@ impl Tx {
     /// write transactions are serialized already).
     pub async fn lock_contact(&mut self, id: &str) -> Result<()> {
         self.lock_contacts(&[id]).await
+    }
+
+    /// Locks the contact's row (PostgreSQL) and reads it as stored now, so that a decision
+    /// about the contact builds on what a concurrent one committed, not on an earlier read.
+    pub async fn lock_and_get_contact(&mut self, id: &str) -> Result<Option<Contact>> {
+        let sql = match self.backend() {
+            Backend::Sqlite => "SELECT * FROM contacts WHERE id = $1",
+            Backend::Postgres => "SELECT * FROM contacts WHERE id = $1 FOR UPDATE",
+        };
+        self.optional::<Contact>(Sql::new(sql).arg(id)).await
     }
 
     /// [`Tx::lock_contact`] for several contacts, in id order so that two transactions locking

@@ -489,3 +489,27 @@ async fn a_recompute_over_many_batches_evaluates_each_contact_once(db: Db) {
     app.finish().await;
 }
 both_backends!(a_recompute_over_many_batches_evaluates_each_contact_once);
+
+/// Orders posted at once for one contact all count: each event's profile update starts from
+/// the profile the one before it stored (on PostgreSQL the contact row is locked before it is
+/// read, not after).
+async fn concurrent_orders_of_one_contact_all_count(db: Db) {
+    let app = app(db).await;
+    app.run_due().await;
+    app.contact("c-1", "ana@example.com", json!({})).await;
+    let mut posts = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let request = reqwest::Client::new().post(app.url("/v1/events")).json(
+            &json!({"contact_id": "c-1", "name": "order_placed", "properties": {"total": 10 + i}}),
+        );
+        posts.spawn(async move { request.send().await.expect("post").status().as_u16() });
+    }
+    while let Some(status) = posts.join_next().await {
+        assert_eq!(status.expect("task"), 202);
+    }
+    let profile = profile_of(&app, "c-1").await;
+    assert_eq!(profile["purchase"]["orders"], 40, "{profile}");
+    assert_eq!(profile["purchase"]["total"], 1180.0, "{profile}");
+    app.finish().await;
+}
+both_backends!(concurrent_orders_of_one_contact_all_count);
