@@ -779,7 +779,7 @@ async fn range_batch(
 ) -> Result<Option<Outcome>> {
     let now = core.clock.now();
     let mut tx = core.store.write().await?;
-    let contacts = tx.contacts_in(from, to).await?;
+    let contacts = tx.lock_contacts_in(from, to).await?;
     let (decisions, _) = decide_batch(&mut tx, core, &contacts, true, now).await?;
     store(&mut tx, core, &decisions, Cause::Recompute, now).await?;
     if let Some(after) = after
@@ -1059,7 +1059,7 @@ async fn apply_scores(
     from: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<String>> {
-    let page = tx.purchasers_after(from, BATCH as i64).await?;
+    let page = tx.lock_purchasers_after(from, BATCH as i64).await?;
     let Some(last) = page.last() else {
         return Ok(None);
     };

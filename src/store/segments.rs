@@ -508,6 +508,24 @@ impl Tx {
         )
         .await
     }
+
+    /// [`Tx::purchasers_after`], each row locked (PostgreSQL) until the transaction ends, for a
+    /// profile that is written back: a concurrent event's update of it waits instead of being
+    /// overwritten.
+    pub async fn lock_purchasers_after(
+        &mut self,
+        cursor: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, Json<Value>)>> {
+        let sql = match self.backend() {
+            Backend::Sqlite => return self.purchasers_after(cursor, limit).await,
+            Backend::Postgres => {
+                "SELECT id, profile FROM contacts WHERE orders > 0 AND id > $1 ORDER BY id LIMIT $2
+                 FOR UPDATE"
+            }
+        };
+        self.all(Sql::new(sql).arg(cursor).arg(limit)).await
+    }
 }
 
 impl Store {

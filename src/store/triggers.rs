@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::direct::Sql;
-use super::{Contact, Result, Store, TriggerTime, Tx, on_conn};
+use super::{Backend, Contact, Result, Store, TriggerTime, Tx, on_conn};
 
 impl Tx {
     pub async fn put_trigger_time(&mut self, t: &TriggerTime) -> Result<()> {
@@ -179,17 +179,28 @@ impl Tx {
     }
 
     /// The contacts with ids after `from` and up to `to` (to the last without `to`), in id
-    /// order.
-    pub async fn contacts_in(&mut self, from: &str, to: Option<&str>) -> Result<Vec<Contact>> {
+    /// order, each locked (PostgreSQL) until the transaction ends: what is decided about them
+    /// is written back, and a concurrent event's update waits instead of being overwritten.
+    pub async fn lock_contacts_in(&mut self, from: &str, to: Option<&str>) -> Result<Vec<Contact>> {
         // Two statements rather than `$2 IS NULL OR id <= $2`, which a generic plan would
         // check row by row to the end of the table.
-        let sql = match to {
-            Some(to) => Sql::new("SELECT * FROM contacts WHERE id > $1 AND id <= $2 ORDER BY id")
-                .arg(from)
-                .arg(to),
-            None => Sql::new("SELECT * FROM contacts WHERE id > $1 ORDER BY id").arg(from),
+        let sql = match (to, self.backend()) {
+            (Some(_), Backend::Sqlite) => {
+                "SELECT * FROM contacts WHERE id > $1 AND id <= $2 ORDER BY id"
+            }
+            (Some(_), Backend::Postgres) => {
+                "SELECT * FROM contacts WHERE id > $1 AND id <= $2 ORDER BY id FOR UPDATE"
+            }
+            (None, Backend::Sqlite) => "SELECT * FROM contacts WHERE id > $1 ORDER BY id",
+            (None, Backend::Postgres) => {
+                "SELECT * FROM contacts WHERE id > $1 ORDER BY id FOR UPDATE"
+            }
         };
-        self.all::<Contact>(sql).await
+        let mut q = Sql::new(sql).arg(from);
+        if let Some(to) = to {
+            q = q.arg(to);
+        }
+        self.all::<Contact>(q).await
     }
 }
 

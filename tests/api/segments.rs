@@ -429,10 +429,12 @@ both_backends!(two_nodes_sweep_each_contact_once);
 
 /// A recompute and a sweep over several batches (on PostgreSQL, two transactions at a time)
 /// evaluate every contact: none skipped at a batch's edge, none entered twice.
-async fn a_recompute_over_many_batches_evaluates_each_contact_once(db: Db) {
-    let app = app(db).await;
+/// Imports `n` contacts `c-00000`… with one order each, ten days ago, as an import stores them:
+/// without their effects, for the recompute to find (everyone a first-time buyer once
+/// recomputed). Returns their ids.
+async fn import_buyers(app: &TestApp, n: usize) -> Vec<String> {
     let now = app.clock.now();
-    let ids: Vec<String> = (0..1234).map(|i| format!("c-{i:05}")).collect();
+    let ids: Vec<String> = (0..n).map(|i| format!("c-{i:05}")).collect();
     let contacts: Vec<herald::store::Contact> = ids
         .iter()
         .map(|id| herald::store::Contact {
@@ -445,7 +447,6 @@ async fn a_recompute_over_many_batches_evaluates_each_contact_once(db: Db) {
             profile: sqlx::types::Json(json!({})),
         })
         .collect();
-    // One order each, ten days ago: everyone is a first-time buyer once recomputed.
     let orders: Vec<herald::store::Event> = ids
         .iter()
         .map(|id| herald::store::Event {
@@ -457,13 +458,18 @@ async fn a_recompute_over_many_batches_evaluates_each_contact_once(db: Db) {
             received_at: now - TimeDelta::days(10),
         })
         .collect();
-    // Stored as an import stores them: without their effects, for the recompute to find.
     let mut tx = app.core.store.write().await.expect("write");
     tx.import_contacts(&contacts)
         .await
         .expect("import contacts");
     tx.import_events(&orders).await.expect("import events");
     tx.commit().await.expect("commit");
+    ids
+}
+
+async fn a_recompute_over_many_batches_evaluates_each_contact_once(db: Db) {
+    let app = app(db).await;
+    let ids = import_buyers(&app, 1234).await;
     app.run_due().await;
     // The refresh after the recompute scored every purchaser, so everyone is due for a
     // sweep (on PostgreSQL, also two batches at a time); after it nobody is due now.
@@ -513,3 +519,41 @@ async fn concurrent_orders_of_one_contact_all_count(db: Db) {
     app.finish().await;
 }
 both_backends!(concurrent_orders_of_one_contact_all_count);
+
+/// What a recompute batch or the population refresh reads in order to write it back stays
+/// locked until its transaction ends: an event's evaluation of one of those contacts waits for
+/// it, rather than having its profile update overwritten afterwards (PostgreSQL row locks; on
+/// SQLite the second write transaction waits for the one writer).
+async fn contacts_read_to_be_written_back_are_locked(db: Db) {
+    let app = app(db).await;
+    let ids = import_buyers(&app, 3).await;
+    // Recomputed, so they count as purchasers.
+    app.run_due().await;
+    for reader in ["recompute batch", "population refresh"] {
+        let mut held = app.core.store.write().await.expect("write");
+        let read = match reader {
+            "recompute batch" => held.lock_contacts_in("", None).await.expect("read").len(),
+            _ => held
+                .lock_purchasers_after("", 10)
+                .await
+                .expect("read")
+                .len(),
+        };
+        assert_eq!(read, 3, "{reader}");
+        let core = std::sync::Arc::clone(&app.core);
+        let id = ids[1].clone();
+        let mut event = tokio::spawn(async move {
+            let mut tx = core.store.write().await.expect("write");
+            tx.lock_and_get_contact(&id).await.expect("lock");
+            tx.commit().await.expect("commit");
+        });
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(300), &mut event).await;
+        assert!(waited.is_err(), "{reader}: the contact was not locked");
+        held.commit().await.expect("commit");
+        event
+            .await
+            .expect("the event goes on once the batch committed");
+    }
+    app.finish().await;
+}
+both_backends!(contacts_read_to_be_written_back_are_locked);
