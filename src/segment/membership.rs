@@ -542,7 +542,8 @@ pub async fn sweep(core: &Core) -> Result<usize> {
             return Ok(seen);
         }
         seen += due.len();
-        let (first, second) = due.split_at(due.len().min(BATCH));
+        let mut first = due;
+        let second = first.split_off(first.len().min(BATCH));
         let (first, second) = tokio::join!(
             sweep_in_group(core, first, now),
             sweep_in_group(core, second, now)
@@ -553,11 +554,11 @@ pub async fn sweep(core: &Core) -> Result<usize> {
 }
 
 /// Sweeps `due` in a grouped write: on SQLite it runs on the writer connection directly.
-async fn sweep_in_group(core: &Core, due: &[String], now: DateTime<Utc>) -> Result<()> {
+async fn sweep_in_group(core: &Core, due: Vec<String>, now: DateTime<Utc>) -> Result<()> {
     if due.is_empty() {
         return Ok(());
     }
-    let due = std::sync::Arc::new(due.to_vec());
+    let due = std::sync::Arc::new(due);
     core.group
         .run(core, &core.store, move |core, tx| {
             let due = std::sync::Arc::clone(&due);

@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 
 use super::direct::Sql;
-use super::{Backend, Contact, Result, Suppression, Tx};
+use super::{Contact, Result, Suppression, Tx};
 
 impl Tx {
     pub async fn get_contact(&mut self, id: &str) -> Result<Option<Contact>> {
@@ -22,10 +22,7 @@ impl Tx {
     /// Locks the contact's row (PostgreSQL) and reads it as stored now, so that a decision
     /// about the contact builds on what a concurrent one committed, not on an earlier read.
     pub async fn lock_and_get_contact(&mut self, id: &str) -> Result<Option<Contact>> {
-        let sql = match self.backend() {
-            Backend::Sqlite => "SELECT * FROM contacts WHERE id = $1",
-            Backend::Postgres => "SELECT * FROM contacts WHERE id = $1 FOR UPDATE",
-        };
+        let sql = format!("SELECT * FROM contacts WHERE id = $1{}", self.row_lock());
         self.optional::<Contact>(Sql::new(sql).arg(id)).await
     }
 

@@ -362,6 +362,15 @@ impl Tx {
             Tx::Postgres(_) => Backend::Postgres,
         }
     }
+
+    /// Appended to a `SELECT` whose rows are read to be written back: PostgreSQL locks them
+    /// until the transaction ends; SQLite's write transactions are serialized already.
+    pub(crate) fn row_lock(&self) -> &'static str {
+        match self.backend() {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -501,12 +501,7 @@ impl Tx {
         cursor: &str,
         limit: i64,
     ) -> Result<Vec<(String, Json<Value>)>> {
-        self.all(
-            Sql::new("SELECT id, profile FROM contacts WHERE orders > 0 AND id > $1 ORDER BY id LIMIT $2")
-            .arg(cursor)
-            .arg(limit),
-        )
-        .await
+        self.purchasers_page(cursor, limit, "").await
     }
 
     /// [`Tx::purchasers_after`], each row locked (PostgreSQL) until the transaction ends, for a
@@ -517,13 +512,19 @@ impl Tx {
         cursor: &str,
         limit: i64,
     ) -> Result<Vec<(String, Json<Value>)>> {
-        let sql = match self.backend() {
-            Backend::Sqlite => return self.purchasers_after(cursor, limit).await,
-            Backend::Postgres => {
-                "SELECT id, profile FROM contacts WHERE orders > 0 AND id > $1 ORDER BY id LIMIT $2
-                 FOR UPDATE"
-            }
-        };
+        let lock = self.row_lock();
+        self.purchasers_page(cursor, limit, lock).await
+    }
+
+    async fn purchasers_page(
+        &mut self,
+        cursor: &str,
+        limit: i64,
+        lock: &str,
+    ) -> Result<Vec<(String, Json<Value>)>> {
+        let sql = format!(
+            "SELECT id, profile FROM contacts WHERE orders > 0 AND id > $1 ORDER BY id LIMIT $2{lock}"
+        );
         self.all(Sql::new(sql).arg(cursor).arg(limit)).await
     }
 }

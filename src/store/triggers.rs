@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::direct::Sql;
-use super::{Backend, Contact, Result, Store, TriggerTime, Tx, on_conn};
+use super::{Contact, Result, Store, TriggerTime, Tx, on_conn};
 
 impl Tx {
     pub async fn put_trigger_time(&mut self, t: &TriggerTime) -> Result<()> {
@@ -182,20 +182,13 @@ impl Tx {
     /// order, each locked (PostgreSQL) until the transaction ends: what is decided about them
     /// is written back, and a concurrent event's update waits instead of being overwritten.
     pub async fn lock_contacts_in(&mut self, from: &str, to: Option<&str>) -> Result<Vec<Contact>> {
-        // Two statements rather than `$2 IS NULL OR id <= $2`, which a generic plan would
-        // check row by row to the end of the table.
-        let sql = match (to, self.backend()) {
-            (Some(_), Backend::Sqlite) => {
-                "SELECT * FROM contacts WHERE id > $1 AND id <= $2 ORDER BY id"
-            }
-            (Some(_), Backend::Postgres) => {
-                "SELECT * FROM contacts WHERE id > $1 AND id <= $2 ORDER BY id FOR UPDATE"
-            }
-            (None, Backend::Sqlite) => "SELECT * FROM contacts WHERE id > $1 ORDER BY id",
-            (None, Backend::Postgres) => {
-                "SELECT * FROM contacts WHERE id > $1 ORDER BY id FOR UPDATE"
-            }
-        };
+        // An upper bound only when there is one, rather than `$2 IS NULL OR id <= $2`, which a
+        // generic plan would check row by row to the end of the table.
+        let upper = if to.is_some() { " AND id <= $2" } else { "" };
+        let sql = format!(
+            "SELECT * FROM contacts WHERE id > $1{upper} ORDER BY id{}",
+            self.row_lock()
+        );
         let mut q = Sql::new(sql).arg(from);
         if let Some(to) = to {
             q = q.arg(to);
