@@ -976,6 +976,8 @@ impl Ahead {
 /// profile as stored at that moment, in the transaction that writes it back.
 async fn refresh_population(core: &Core, job: &Job) -> Result<Outcome> {
     let now = core.clock.now();
+    // Wall time for the log line only; it never decides anything.
+    let started = std::time::Instant::now();
     let mut purchasers: Vec<Purchaser> = Vec::new();
     let mut cursor = String::new();
     loop {
@@ -1002,6 +1004,7 @@ async fn refresh_population(core: &Core, job: &Job) -> Result<Outcome> {
         .high_value_total
         .or_else(|| high_value_threshold(&mut totals, core.profile_rules.high_value_share));
     drop(totals);
+    let scored = started.elapsed();
     let scoring = std::sync::Arc::new(Scoring {
         purchasers,
         scores,
@@ -1040,6 +1043,12 @@ async fn refresh_population(core: &Core, job: &Job) -> Result<Outcome> {
         .await?;
     tx.commit().await?;
     core.wake_scheduler();
+    tracing::info!(
+        purchasers = scoring.purchasers.len(),
+        read_and_scored_ms = scored.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "population scores refreshed"
+    );
     Ok(Outcome::Done)
 }
 
