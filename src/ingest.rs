@@ -100,6 +100,43 @@ pub fn normalize_email(field: &str, raw: &str) -> Result<String, IngestError> {
     Ok(format!("{local}@{}", domain.to_lowercase()))
 }
 
+/// `input` applied to the contact as stored (`None`: a new contact).
+fn merged(
+    existing: Option<&Contact>,
+    input: &ContactInput,
+    email_field: &str,
+    now: DateTime<Utc>,
+) -> Result<Contact, IngestError> {
+    let email = match (&input.email, existing) {
+        (Some(e), _) => normalize_email("email", e)?,
+        (None, Some(c)) => c.email.clone(),
+        (None, None) => return Err(invalid(email_field, "is required for a new contact")),
+    };
+    let mut attributes = match existing {
+        Some(c) => c.attributes.0.as_object().cloned().unwrap_or_default(),
+        None => Map::new(),
+    };
+    for (k, v) in input.attributes.iter().flatten() {
+        if v.is_null() {
+            attributes.remove(k);
+        } else {
+            attributes.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(Contact {
+        subscribed: input
+            .subscribed
+            .or(existing.map(|c| c.subscribed))
+            .unwrap_or(true),
+        created_at: existing.map_or(now, |c| c.created_at),
+        id: input.id.clone(),
+        email,
+        attributes: Json(Value::Object(attributes)),
+        updated_at: now,
+        profile: existing.map_or_else(|| Json(Value::Object(Map::new())), |c| c.profile.clone()),
+    })
+}
+
 impl Core {
     /// Creates or updates contacts, in one transaction.
     pub async fn upsert_contacts(
@@ -121,45 +158,26 @@ impl Core {
         let mut tx = self.store.write().await?;
         let mut stored = Vec::with_capacity(inputs.len());
         for (i, input) in inputs.into_iter().enumerate() {
-            let existing = tx.get_contact(&input.id).await?;
-            let email = match (&input.email, &existing) {
-                (Some(e), _) => normalize_email("email", e)?,
-                (None, Some(c)) => c.email.clone(),
-                (None, None) => {
-                    let field = if stored.is_empty() && i == 0 {
-                        "email".to_owned()
-                    } else {
-                        format!("contacts[{i}].email")
-                    };
-                    return Err(invalid(field, "is required for a new contact"));
+            let email_field = if i == 0 {
+                "email".to_owned()
+            } else {
+                format!("contacts[{i}].email")
+            };
+            let contact = loop {
+                // Locked as read (PostgreSQL), so the attributes merged here are the latest
+                // committed and a concurrent writer of this contact waits for this one.
+                let existing = tx.lock_and_get_contact(&input.id).await?;
+                let contact = merged(existing.as_ref(), &input, &email_field, now)?;
+                if existing.is_some() {
+                    tx.put_contact(&contact).await?;
+                    break contact;
+                }
+                // New here, unless a concurrent request created it first (PostgreSQL waits for
+                // that one to commit): then merge into what it stored.
+                if tx.insert_contact(&contact).await? {
+                    break contact;
                 }
             };
-            let mut attributes = match &existing {
-                Some(c) => c.attributes.0.as_object().cloned().unwrap_or_default(),
-                None => Map::new(),
-            };
-            for (k, v) in input.attributes.unwrap_or_default() {
-                if v.is_null() {
-                    attributes.remove(&k);
-                } else {
-                    attributes.insert(k, v);
-                }
-            }
-            let contact = Contact {
-                subscribed: input
-                    .subscribed
-                    .or(existing.as_ref().map(|c| c.subscribed))
-                    .unwrap_or(true),
-                created_at: existing.as_ref().map_or(now, |c| c.created_at),
-                id: input.id,
-                email,
-                attributes: Json(Value::Object(attributes)),
-                updated_at: now,
-                profile: existing
-                    .as_ref()
-                    .map_or_else(|| Json(Value::Object(Map::new())), |c| c.profile.clone()),
-            };
-            tx.put_contact(&contact).await?;
             crate::scheduler::reschedule_contact(
                 &mut tx,
                 &self.workflows,

@@ -40,20 +40,21 @@ impl Tx {
 
     /// Inserts or replaces the contact row as given.
     pub async fn put_contact(&mut self, contact: &Contact) -> Result<()> {
-        self.run(
-            Sql::new("INSERT INTO contacts (id, email, attributes, subscribed, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (id) DO UPDATE SET email = excluded.email, attributes = excluded.attributes,
-                   subscribed = excluded.subscribed, updated_at = excluded.updated_at")
-            .arg(&contact.id)
-            .arg(&contact.email)
-            .arg(&contact.attributes)
-            .arg(contact.subscribed)
-            .arg(contact.created_at)
-            .arg(contact.updated_at),
-        )
+        self.run(insert_contact_row(
+            contact,
+            "ON CONFLICT (id) DO UPDATE SET email = excluded.email, attributes = excluded.attributes,
+               subscribed = excluded.subscribed, updated_at = excluded.updated_at",
+        ))
         .await?;
         Ok(())
+    }
+
+    /// Inserts a new contact row; answers false, writing nothing, if the id exists already.
+    pub async fn insert_contact(&mut self, contact: &Contact) -> Result<bool> {
+        let inserted = self
+            .run(insert_contact_row(contact, "ON CONFLICT (id) DO NOTHING"))
+            .await?;
+        Ok(inserted == 1)
     }
 
     pub async fn set_contact_attributes(
@@ -124,4 +125,18 @@ impl Tx {
         .await?;
         Ok(())
     }
+}
+
+/// The insert of `contact`'s row, with `on_conflict` deciding what an existing id gets.
+fn insert_contact_row(contact: &Contact, on_conflict: &str) -> Sql {
+    Sql::new(format!(
+        "INSERT INTO contacts (id, email, attributes, subscribed, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6) {on_conflict}"
+    ))
+    .arg(&contact.id)
+    .arg(&contact.email)
+    .arg(&contact.attributes)
+    .arg(contact.subscribed)
+    .arg(contact.created_at)
+    .arg(contact.updated_at)
 }

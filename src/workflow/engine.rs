@@ -208,7 +208,8 @@ async fn step(
             }
         }
         StepKind::Update { attribute, value } => {
-            if let Some(mut contact) = tx.get_contact(&journey.contact_id).await? {
+            // Locked as read (PostgreSQL): the attributes written back build on the latest.
+            if let Some(mut contact) = tx.lock_and_get_contact(&journey.contact_id).await? {
                 let mut attributes = contact.attributes.0.clone();
                 set_path(&mut attributes, attribute, value.clone());
                 tx.set_contact_attributes(&contact.id, &attributes, now)

@@ -52,6 +52,59 @@ async fn contacts_upsert_and_merge_attributes(db: Db) {
 }
 both_backends!(contacts_upsert_and_merge_attributes);
 
+/// An upsert that meets another writer of the same contact (another request, a workflow's
+/// `update` step, another node) waits for it and merges into what it committed: neither's
+/// attributes are lost, whether the contact existed or the other writer was creating it.
+async fn an_upsert_keeps_what_a_concurrent_writer_of_the_contact_committed(db: Db) {
+    let app = TestApp::spawn(db).await;
+    app.contact("c-1", "ana@example.com", json!({"first_name": "Ana"}))
+        .await;
+    for (id, before) in [("c-1", json!({"first_name": "Ana"})), ("c-2", json!({}))] {
+        let now = app.core.clock.now();
+        let mut held = app.core.store.write().await.expect("write");
+        let mut attributes = before.clone();
+        attributes["plan"] = json!("pro");
+        match held.lock_and_get_contact(id).await.expect("read") {
+            Some(_) => held
+                .set_contact_attributes(id, &attributes, now)
+                .await
+                .expect("update"),
+            None => {
+                let created = herald::store::Contact {
+                    id: id.to_owned(),
+                    email: "new@example.com".to_owned(),
+                    attributes: sqlx::types::Json(attributes),
+                    subscribed: true,
+                    created_at: now,
+                    updated_at: now,
+                    profile: sqlx::types::Json(json!({})),
+                };
+                assert!(held.insert_contact(&created).await.expect("insert"));
+            }
+        }
+        let (http, url) = (app.http.clone(), app.url("/v1/contacts"));
+        let body = json!({"id": id, "email": "new@example.com", "attributes": {"city": "Oslo"}});
+        let mut upsert = tokio::spawn(async move {
+            let response = http.post(url).json(&body).send().await.expect("request");
+            response.status().as_u16()
+        });
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(300), &mut upsert).await;
+        assert!(
+            waited.is_err(),
+            "{id}: the upsert did not wait for the other writer"
+        );
+        held.commit().await.expect("commit");
+        assert_eq!(upsert.await.expect("upsert"), 200, "{id}");
+        let (_, body) = app.get(&format!("/v1/contacts/{id}")).await;
+        let mut expected = before;
+        expected["plan"] = json!("pro");
+        expected["city"] = json!("Oslo");
+        assert_eq!(body["contact"]["attributes"], expected, "{id}");
+    }
+    app.finish().await;
+}
+both_backends!(an_upsert_keeps_what_a_concurrent_writer_of_the_contact_committed);
+
 async fn bad_input_gets_json_errors(db: Db) {
     let app = TestApp::spawn(db).await;
     // Malformed JSON.
