@@ -381,7 +381,8 @@ fn needs_effects(core: &Core, contact: &ContactActivity, event: &str) -> bool {
 /// What a stored `email_<kind>` event does beyond being stored: journeys end, resume or start.
 async fn apply_effects(tx: &mut Tx, core: &Core, event: &Event, now: DateTime<Utc>) -> Result<()> {
     // Read now: an unsubscribe earlier in the batch may have changed the contact.
-    let Some(contact) = tx.get_contact(&event.contact_id).await? else {
+    // Locked as read: the profile is built on it (see `membership::on_event`).
+    let Some(contact) = tx.lock_and_get_contact(&event.contact_id).await? else {
         return Ok(());
     };
     // Profile and segments first, so journeys see the contact's new memberships.

@@ -258,7 +258,12 @@ async fn store_events(
     let mut receipts = Vec::with_capacity(inputs.len());
     let mut started = false;
     for input in inputs {
-        let Some(contact) = tx.get_contact(&input.contact_id).await? else {
+        // Locked as read when the event changes the profile, which is built on this read.
+        let contact = match membership::evaluates(core, &input.name) {
+            true => tx.lock_and_get_contact(&input.contact_id).await?,
+            false => tx.get_contact(&input.contact_id).await?,
+        };
+        let Some(contact) = contact else {
             return Err(IngestError::UnknownContact(input.contact_id));
         };
         let event = Event {

@@ -57,8 +57,16 @@ impl Cause {
     }
 }
 
-/// Applies a stored event to the contact's profile and segments. Returns the contact as it is
-/// now (its profile may have changed), for the journeys the event drives next.
+/// Whether an event of this name changes its contact's profile or segments: then the contact
+/// must be read with `Tx::lock_and_get_contact` before [`on_event`].
+pub fn evaluates(core: &Core, name: &str) -> bool {
+    !matches!(name, ENTERED | EXITED)
+        && (core.profile_rules.observes(name) || core.segments.event_names().contains(name))
+}
+
+/// Applies a stored event to the contact's profile and segments. `contact` is as read in this
+/// transaction with `Tx::lock_and_get_contact` whenever [`evaluates`] says so. Returns the
+/// contact as it is now (its profile may have changed), for the journeys the event drives next.
 pub async fn on_event(
     tx: &mut Tx,
     core: &Core,
@@ -66,12 +74,13 @@ pub async fn on_event(
     event: &Event,
     now: DateTime<Utc>,
 ) -> Result<Contact> {
-    let observed = core.profile_rules.observes(&event.name);
-    let read = core.segments.event_names().contains(&event.name);
-    if matches!(event.name.as_str(), ENTERED | EXITED) || !(observed || read) {
+    if !evaluates(core, &event.name) {
         return Ok(contact.clone());
     }
-    let events: &[&Event] = if observed { &[event] } else { &[] };
+    let events: &[&Event] = match core.profile_rules.observes(&event.name) {
+        true => &[event],
+        false => &[],
+    };
     refresh(tx, core, contact, events, now).await
 }
 
@@ -139,7 +148,8 @@ pub async fn observe_batch(
     tx.store_profiles(&rows).await
 }
 
-/// Re-evaluates a contact whose attributes changed.
+/// Re-evaluates a contact whose attributes changed: `contact` as this transaction stores it,
+/// built on a read with `Tx::lock_and_get_contact`.
 pub async fn on_contact_changed(
     tx: &mut Tx,
     core: &Core,
@@ -152,10 +162,10 @@ pub async fn on_contact_changed(
     refresh(tx, core, contact, &[], now).await
 }
 
-/// Folds `observed` into the contact's profile as stored now and re-evaluates its segments.
-/// The contact is locked and read again first (PostgreSQL serializes concurrent evaluations
-/// of one contact on that lock): built on `contact` as the caller read it, a concurrent
-/// event's profile change committed in between would be lost, and a change emitted twice.
+/// Folds `observed` into the contact's profile and re-evaluates its segments. Every caller
+/// read `contact` locked in this transaction (PostgreSQL serializes concurrent evaluations of
+/// one contact on that lock): built on an earlier, unlocked read, a concurrent event's profile
+/// change committed in between would be lost, and a change emitted twice.
 async fn refresh(
     tx: &mut Tx,
     core: &Core,
@@ -163,8 +173,6 @@ async fn refresh(
     observed: &[&Event],
     now: DateTime<Utc>,
 ) -> Result<Contact> {
-    let stored = tx.lock_and_get_contact(&contact.id).await?;
-    let contact = stored.as_ref().unwrap_or(contact);
     let mut profile = Profile::from_json(&contact.profile.0);
     for event in observed {
         profile.observe(
