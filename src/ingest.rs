@@ -155,9 +155,15 @@ impl Core {
                 normalize_email(&format!("{prefix}email"), email)?;
             }
         }
+        // Written in id order, answered in the request's: PostgreSQL takes each row's lock (or
+        // a new id's) as it goes, so two batches naming the same contacts in different orders
+        // could each wait for one the other holds, and one would be aborted as a deadlock.
+        let mut order: Vec<usize> = (0..inputs.len()).collect();
+        order.sort_by(|&a, &b| inputs[a].id.cmp(&inputs[b].id));
+        let mut stored: Vec<Option<Contact>> = vec![None; inputs.len()];
         let mut tx = self.store.write().await?;
-        let mut stored = Vec::with_capacity(inputs.len());
-        for (i, input) in inputs.into_iter().enumerate() {
+        for i in order {
+            let input = &inputs[i];
             let email_field = if i == 0 {
                 "email".to_owned()
             } else {
@@ -167,7 +173,7 @@ impl Core {
                 // Locked as read (PostgreSQL), so the attributes merged here are the latest
                 // committed and a concurrent writer of this contact waits for this one.
                 let existing = tx.lock_and_get_contact(&input.id).await?;
-                let contact = merged(existing.as_ref(), &input, &email_field, now)?;
+                let contact = merged(existing.as_ref(), input, &email_field, now)?;
                 if existing.is_some() {
                     tx.put_contact(&contact).await?;
                     break contact;
@@ -186,13 +192,12 @@ impl Core {
                 now,
             )
             .await?;
-            let contact = membership::on_contact_changed(&mut tx, self, &contact, now).await?;
-            stored.push(contact);
+            stored[i] = Some(membership::on_contact_changed(&mut tx, self, &contact, now).await?);
         }
         tx.commit().await?;
         // A changed date attribute may have moved a fire time earlier than the worker's sleep.
         self.wake_scheduler();
-        Ok(stored)
+        Ok(stored.into_iter().flatten().collect())
     }
 
     /// Stores events and applies them to journeys, in one transaction: either every event and
@@ -257,6 +262,13 @@ async fn store_events(
 ) -> Result<(Vec<EventReceipt>, bool), IngestError> {
     let mut receipts = Vec::with_capacity(inputs.len());
     let mut started = false;
+    if inputs.len() > 1 {
+        // Locked up front, in id order (PostgreSQL): locked one by one as the events come, two
+        // batches naming the same contacts in different orders could each wait for a lock the
+        // other holds, and one would be aborted as a deadlock.
+        let ids: Vec<&str> = inputs.iter().map(|i| i.contact_id.as_str()).collect();
+        tx.lock_contacts(&ids).await?;
+    }
     for input in inputs {
         // Locked as read when the event changes the profile, which is built on this read.
         let contact = match membership::evaluates(core, &input.name) {

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use crate::both_backends;
-use crate::helpers::{Db, Options, TestApp};
+use crate::helpers::{Db, Options, TestApp, opposite_orders};
 
 async fn same_event_id_twice_stores_one_event_and_one_journey(db: Db) {
     let app = TestApp::spawn(db).await;
@@ -104,6 +104,40 @@ async fn an_upsert_keeps_what_a_concurrent_writer_of_the_contact_committed(db: D
     app.finish().await;
 }
 both_backends!(an_upsert_keeps_what_a_concurrent_writer_of_the_contact_committed);
+
+/// Contact batches posted at once, naming the same contacts (some existing, some new) in
+/// opposite orders: every batch lands (none is aborted as a deadlock on PostgreSQL) and every
+/// batch's attribute is kept on every contact.
+async fn concurrent_contact_batches_over_the_same_contacts_all_land(db: Db) {
+    const CONTACTS: usize = 12;
+    const BATCHES: usize = 8;
+    let app = TestApp::spawn(db).await;
+    app.contacts_batch(CONTACTS / 2, |i| format!("c-{i:02}"))
+        .await;
+    let batches: Vec<_> = opposite_orders(CONTACTS, BATCHES)
+        .into_iter()
+        .enumerate()
+        .map(|(b, order)| {
+            let contacts: Vec<_> = order
+                .iter()
+                .map(|i| json!({"id": format!("c-{i:02}"), "email": format!("u{i}@example.com"), "attributes": {format!("b{b}"): true}}))
+                .collect();
+            json!({ "contacts": contacts })
+        })
+        .collect();
+    for (status, body) in app.post_all_at_once("/v1/contacts/batch", batches).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    for i in 0..CONTACTS {
+        let (_, body) = app.get(&format!("/v1/contacts/c-{i:02}")).await;
+        let attributes = &body["contact"]["attributes"];
+        for b in 0..BATCHES {
+            assert_eq!(attributes[format!("b{b}")], true, "c-{i:02}: {attributes}");
+        }
+    }
+    app.finish().await;
+}
+both_backends!(concurrent_contact_batches_over_the_same_contacts_all_land);
 
 async fn bad_input_gets_json_errors(db: Db) {
     let app = TestApp::spawn(db).await;

@@ -272,6 +272,23 @@ impl TestApp {
         (status, body)
     }
 
+    /// Posts every body to `path` at once, each on its own connection; answers in no order.
+    pub async fn post_all_at_once(&self, path: &str, bodies: Vec<Value>) -> Vec<(u16, Value)> {
+        let mut posts = tokio::task::JoinSet::new();
+        for body in bodies {
+            let request = reqwest::Client::new().post(self.url(path)).json(&body);
+            posts.spawn(async move {
+                let response = request.send().await.expect("request");
+                let status = response.status().as_u16();
+                (
+                    status,
+                    response.json::<Value>().await.unwrap_or(Value::Null),
+                )
+            });
+        }
+        posts.join_all().await
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let response = self.http.get(self.url(path)).send().await.expect("request");
         let status = response.status().as_u16();
@@ -357,6 +374,17 @@ pub fn subjects(smtp: &SmtpServer) -> Vec<String> {
                 .parse(&m.data)
                 .and_then(|p| p.subject().map(str::to_owned))
                 .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// `batches` orders of the indices `0..n`: ascending for even batches, descending for odd ones,
+/// so that concurrent batches meet the same rows in opposite orders.
+pub fn opposite_orders(n: usize, batches: usize) -> Vec<Vec<usize>> {
+    (0..batches)
+        .map(|b| match b % 2 {
+            0 => (0..n).collect(),
+            _ => (0..n).rev().collect(),
         })
         .collect()
 }

@@ -6,7 +6,7 @@ use chrono::TimeDelta;
 use serde_json::{Value, json};
 
 use crate::both_backends;
-use crate::helpers::{Db, Options, TestApp, subjects};
+use crate::helpers::{Db, Options, TestApp, opposite_orders, subjects};
 
 /// The examples without the seasonal campaign, whose December send would add mail to long
 /// clock jumps.
@@ -519,6 +519,40 @@ async fn concurrent_orders_of_one_contact_all_count(db: Db) {
     app.finish().await;
 }
 both_backends!(concurrent_orders_of_one_contact_all_count);
+
+/// Batches of orders posted at once, naming the same contacts in opposite orders: each batch
+/// locks the contacts whose profiles it changes, and in one order (by id), so none of them
+/// waits for another that waits for it (PostgreSQL would abort one as a deadlock), and every
+/// order counts.
+async fn concurrent_batches_over_the_same_contacts_all_land(db: Db) {
+    const CONTACTS: usize = 12;
+    const BATCHES: usize = 8;
+    let app = app(db).await;
+    app.run_due().await;
+    app.contacts_batch(CONTACTS, |i| format!("c-{i:02}")).await;
+    let batches: Vec<_> = opposite_orders(CONTACTS, BATCHES)
+        .into_iter()
+        .map(|order| {
+            let events: Vec<_> = order
+                .iter()
+                .map(|i| json!({"contact_id": format!("c-{i:02}"), "name": "order_placed", "properties": {"total": 10}}))
+                .collect();
+            json!({ "events": events })
+        })
+        .collect();
+    for (status, body) in app.post_all_at_once("/v1/events/batch", batches).await {
+        assert_eq!(status, 202, "{body}");
+    }
+    for i in 0..CONTACTS {
+        let profile = profile_of(&app, &format!("c-{i:02}")).await;
+        assert_eq!(
+            profile["purchase"]["orders"], BATCHES,
+            "c-{i:02}: {profile}"
+        );
+    }
+    app.finish().await;
+}
+both_backends!(concurrent_batches_over_the_same_contacts_all_land);
 
 /// What a recompute batch or the population refresh reads in order to write it back stays
 /// locked until its transaction ends: an event's evaluation of one of those contacts waits for
