@@ -103,11 +103,8 @@ pub async fn observe_batch(
         by_contact.entry(&e.contact_id).or_default().push(e);
     }
     let ids: Vec<&str> = by_contact.keys().copied().collect();
-    // Locked before they are read (in id order, so concurrent batches cannot deadlock), so the
-    // profiles built on here are the latest committed.
-    tx.lock_contacts(&ids).await?;
-    let mut contacts = tx.contacts_by_ids(&ids).await?;
-    contacts.sort_by(|a, b| a.id.cmp(&b.id));
+    // Locked as read, so the profiles built on here are the latest committed.
+    let contacts = tx.lock_and_get_contacts(&ids).await?;
     let mut quiet = Vec::new();
     for mut contact in contacts {
         let Some(events) = by_contact.get(contact.id.as_str()) else {
@@ -578,9 +575,7 @@ async fn sweep_in_group(core: &Core, due: Vec<String>, now: DateTime<Utc>) -> Re
 /// Re-evaluates the due contacts `due` in `tx`; those that no longer exist are no longer due.
 async fn sweep_batch(tx: &mut Tx, core: &Core, due: &[String], now: DateTime<Utc>) -> Result<()> {
     let ids: Vec<&str> = due.iter().map(String::as_str).collect();
-    tx.lock_contacts(&ids).await?;
-    let mut contacts = tx.contacts_by_ids(&ids).await?;
-    contacts.sort_by(|a, b| a.id.cmp(&b.id));
+    let contacts = tx.lock_and_get_contacts(&ids).await?;
     let gone: Vec<(&str, Option<DateTime<Utc>>)> = ids
         .iter()
         .filter(|id| {

@@ -38,6 +38,16 @@ impl Tx {
         Ok(())
     }
 
+    /// The contacts with these ids (those that exist) in id order, locked first (PostgreSQL,
+    /// see [`Tx::lock_contacts`]): what is built on them is written back, and a concurrent
+    /// event's update waits meanwhile instead of being overwritten.
+    pub async fn lock_and_get_contacts(&mut self, ids: &[&str]) -> Result<Vec<Contact>> {
+        self.lock_contacts(ids).await?;
+        let mut contacts = self.contacts_by_ids(ids).await?;
+        contacts.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(contacts)
+    }
+
     /// Inserts or replaces the contact row as given.
     pub async fn put_contact(&mut self, contact: &Contact) -> Result<()> {
         self.run(insert_contact_row(
