@@ -7,6 +7,7 @@
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -563,10 +564,10 @@ async fn sweep_in_group(core: &Core, due: Vec<String>, now: DateTime<Utc>) -> Re
     if due.is_empty() {
         return Ok(());
     }
-    let due = std::sync::Arc::new(due);
+    let due = Arc::new(due);
     core.group
         .run(core, &core.store, move |core, tx| {
-            let due = std::sync::Arc::clone(&due);
+            let due = Arc::clone(&due);
             Box::pin(async move { sweep_batch(tx, core, &due, now).await })
         })
         .await
@@ -846,6 +847,39 @@ async fn end_batch(
     Ok(Some(Outcome::Done))
 }
 
+/// Evaluates `$read` (a future using `$tx: &mut Tx`) in a read transaction on a SQLite reader
+/// connection used directly (see `store::direct`): through sqlx each of its rows would cross to
+/// the connection's thread. Reads through sqlx on PostgreSQL, and again through sqlx when a read
+/// is not written for the direct connection. A macro, not a function taking an async closure:
+/// such a closure's future cannot be shown to be `Send` for the job it runs in.
+macro_rules! on_reader {
+    ($core:expr, |$tx:ident| $read:expr) => {
+        async {
+            let core: &Core = $core;
+            if let Some(mut conn) = core.store.reader_connection().await? {
+                let mut handle = conn.lock_handle().await?;
+                // Declared after `handle`, so dropped (rolled back, unless committed) before it.
+                let mut direct = Tx::Direct(Direct::begin_read(&mut handle)?);
+                let $tx = &mut direct;
+                match $read {
+                    Err(StoreError::Indirect(at)) => {
+                        tracing::debug!(at, "read not direct; reading through sqlx");
+                    }
+                    done => {
+                        direct.commit().await?;
+                        return done;
+                    }
+                }
+            }
+            let mut through_sqlx = core.store.read().await?;
+            let $tx = &mut through_sqlx;
+            let done = $read?;
+            through_sqlx.commit().await?;
+            Ok(done)
+        }
+    };
+}
+
 /// A recompute batch read and decided on a snapshot, ahead of its write transaction. What
 /// changed for one of its contacts in between is found again in the write transaction and
 /// that contact decided anew there: a newer event (events are numbered in the order they are
@@ -860,29 +894,11 @@ struct Ahead {
 }
 
 impl Ahead {
-    /// Reads on a reader connection used directly (see `store::direct`): a batch reads tens
-    /// of thousands of rows, and through sqlx each would cross to the connection's thread.
-    /// Falls back to sqlx if a read is not written for the direct connection.
+    /// Reads on a reader connection (see `on_reader!`): a batch reads tens of thousands of
+    /// rows.
     async fn read(core: &Core, cursor: &str) -> Result<Ahead> {
         let now = core.clock.now();
-        if let Some(mut conn) = core.store.reader_connection().await? {
-            let mut handle = conn.lock_handle().await?;
-            // Declared after `handle`, so dropped (rolled back, unless committed) before it.
-            let mut tx = Tx::Direct(Direct::begin_read(&mut handle)?);
-            match Ahead::read_in(&mut tx, core, cursor, now).await {
-                Err(StoreError::Indirect(at)) => {
-                    tracing::debug!(at, "recompute read not direct; reading through sqlx");
-                }
-                read => {
-                    tx.commit().await?;
-                    return read;
-                }
-            }
-        }
-        let mut tx = core.store.read().await?;
-        let ahead = Ahead::read_in(&mut tx, core, cursor, now).await?;
-        tx.commit().await?;
-        Ok(ahead)
+        on_reader!(core, |tx| Ahead::read_in(tx, core, cursor, now).await).await
     }
 
     async fn read_in(tx: &mut Tx, core: &Core, cursor: &str, now: DateTime<Utc>) -> Result<Ahead> {
@@ -981,6 +997,40 @@ async fn refresh_population(core: &Core, job: &Job) -> Result<Outcome> {
     let now = core.clock.now();
     // Wall time for the log line only; it never decides anything.
     let started = std::time::Instant::now();
+    let scoring = Arc::new(score_population(core).await?);
+    let scored = started.elapsed();
+    let changed = match core.store.backend() {
+        Backend::Sqlite => rescore_read_ahead(core, &scoring, now).await?,
+        Backend::Postgres => rescore_locked(core, &scoring, now).await?,
+    };
+    let mut tx = core.store.write().await?;
+    if let Some(t) = scoring.threshold {
+        tx.set_meta(THRESHOLD_KEY, &t.to_string()).await?;
+    }
+    let since = tx
+        .meta(REFRESHED_KEY)
+        .await?
+        .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+        .map_or(DateTime::<Utc>::UNIX_EPOCH, |t| t.with_timezone(&Utc));
+    tx.mark_unengaged_recipients_due(since, now).await?;
+    tx.set_meta(REFRESHED_KEY, &now.to_rfc3339()).await?;
+    tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
+        .await?;
+    tx.commit().await?;
+    core.wake_scheduler();
+    tracing::info!(
+        purchasers = scoring.purchasers.len(),
+        read_and_scored_ms = scored.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        profiles_changed = changed,
+        "population scores refreshed"
+    );
+    Ok(Outcome::Done)
+}
+
+/// The refresh's first pass: every purchaser, a page at a time, keeping only what scoring
+/// needs, then the RFM scores and the high-value threshold over all of them.
+async fn score_population(core: &Core) -> Result<Scoring> {
     let mut purchasers: Vec<Purchaser> = Vec::new();
     let mut cursor = String::new();
     loop {
@@ -1006,53 +1056,11 @@ async fn refresh_population(core: &Core, job: &Job) -> Result<Outcome> {
         .profile_rules
         .high_value_total
         .or_else(|| high_value_threshold(&mut totals, core.profile_rules.high_value_share));
-    drop(totals);
-    let scored = started.elapsed();
-    let scoring = std::sync::Arc::new(Scoring {
+    Ok(Scoring {
         purchasers,
         scores,
         threshold,
-    });
-    let mut cursor = String::new();
-    loop {
-        // A grouped write: on SQLite it runs on the writer connection directly.
-        let scoring = std::sync::Arc::clone(&scoring);
-        let from = cursor.clone();
-        let next = core
-            .group
-            .run(core, &core.store, move |_, tx| {
-                let scoring = std::sync::Arc::clone(&scoring);
-                let from = from.clone();
-                Box::pin(async move { apply_scores(tx, &scoring, &from, now).await })
-            })
-            .await?;
-        match next {
-            Some(next) => cursor = next,
-            None => break,
-        }
-    }
-    let mut tx = core.store.write().await?;
-    if let Some(t) = threshold {
-        tx.set_meta(THRESHOLD_KEY, &t.to_string()).await?;
-    }
-    let since = tx
-        .meta(REFRESHED_KEY)
-        .await?
-        .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-        .map_or(DateTime::<Utc>::UNIX_EPOCH, |t| t.with_timezone(&Utc));
-    tx.mark_unengaged_recipients_due(since, now).await?;
-    tx.set_meta(REFRESHED_KEY, &now.to_rfc3339()).await?;
-    tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
-        .await?;
-    tx.commit().await?;
-    core.wake_scheduler();
-    tracing::info!(
-        purchasers = scoring.purchasers.len(),
-        read_and_scored_ms = scored.as_millis() as u64,
-        total_ms = started.elapsed().as_millis() as u64,
-        "population scores refreshed"
-    );
-    Ok(Outcome::Done)
+    })
 }
 
 /// What a population refresh computed: every purchaser (in id order) with its scores, and the
@@ -1063,45 +1071,164 @@ struct Scoring {
     threshold: Option<f64>,
 }
 
-/// Applies `scoring` to the page of purchasers after `from`, each profile as stored now, and
-/// marks the contacts whose profile changed due. Returns where the next page starts, `None`
-/// after the last.
-async fn apply_scores(
-    tx: &mut Tx,
-    scoring: &Scoring,
-    from: &str,
-    now: DateTime<Utc>,
-) -> Result<Option<String>> {
-    let page = tx.lock_purchasers_after(from, BATCH as i64).await?;
-    let Some(last) = page.last() else {
-        return Ok(None);
-    };
-    let mut changed = Vec::new();
-    for (id, old) in &page {
-        // A contact who first ordered after the first pass is scored by the next refresh.
-        let Ok(i) = scoring
-            .purchasers
-            .binary_search_by(|p| p.contact_id.as_str().cmp(id))
-        else {
-            continue;
+/// `stored` with `scoring` applied, and its order count, if that changes it. `None` also for
+/// a contact who first ordered after the scores were computed: the next refresh scores it.
+fn rescore(scoring: &Scoring, id: &str, stored: &Value) -> Option<(Value, i64)> {
+    let i = scoring
+        .purchasers
+        .binary_search_by(|p| p.contact_id.as_str().cmp(id))
+        .ok()?;
+    let mut profile = Profile::from_json(stored);
+    profile.rfm = Some(scoring.scores[i].clone());
+    profile.purchase.tier = super::profile::purchase_tier(&profile.purchase, scoring.threshold);
+    let new = profile.to_json();
+    (new != *stored).then_some((new, profile.purchase.orders))
+}
+
+/// PostgreSQL: each page of purchasers is read locked, rescored and written back in one
+/// grouped write. Returns how many profiles changed.
+async fn rescore_locked(core: &Core, scoring: &Arc<Scoring>, now: DateTime<Utc>) -> Result<usize> {
+    let mut cursor = String::new();
+    let mut rescored = 0;
+    loop {
+        let scoring = Arc::clone(scoring);
+        let from = cursor.clone();
+        let next = core
+            .group
+            .run(core, &core.store, move |_, tx| {
+                let scoring = Arc::clone(&scoring);
+                let from = from.clone();
+                Box::pin(async move {
+                    let page = tx.lock_purchasers_after(&from, BATCH as i64).await?;
+                    let Some(last) = page.last() else {
+                        return Ok(None);
+                    };
+                    let changed: Vec<(&str, Value, i64)> = page
+                        .iter()
+                        .filter_map(|(id, old)| {
+                            rescore(&scoring, id, &old.0).map(|(new, n)| (id.as_str(), new, n))
+                        })
+                        .collect();
+                    let rows: Vec<(&str, &Value, i64)> =
+                        changed.iter().map(|(id, p, n)| (*id, p, *n)).collect();
+                    tx.store_profiles(&rows).await?;
+                    // Due, so the sweep re-evaluates their segments.
+                    let due: Vec<(&str, Option<DateTime<Utc>>)> =
+                        rows.iter().map(|(id, ..)| (*id, Some(now))).collect();
+                    tx.set_segment_dues(&due).await?;
+                    Ok(Some((last.0.clone(), rows.len())))
+                })
+            })
+            .await?;
+        let Some((next, changed)) = next else {
+            return Ok(rescored);
         };
-        let mut profile = Profile::from_json(&old.0);
-        profile.rfm = Some(scoring.scores[i].clone());
-        profile.purchase.tier = super::profile::purchase_tier(&profile.purchase, scoring.threshold);
-        let new = profile.to_json();
-        if new != old.0 {
-            changed.push((id.as_str(), new, profile.purchase.orders));
-        }
+        rescored += changed;
+        cursor = next;
     }
-    let rows: Vec<(&str, &Value, i64)> = changed
-        .iter()
-        .map(|(id, profile, orders)| (*id, profile, *orders))
-        .collect();
-    tx.store_profiles(&rows).await?;
-    let due: Vec<(&str, Option<DateTime<Utc>>)> =
-        changed.iter().map(|(id, _, _)| (*id, Some(now))).collect();
-    tx.set_segment_dues(&due).await?;
-    Ok(Some(last.0.clone()))
+}
+
+/// SQLite: each page of purchasers is read and rescored on a reader connection while the
+/// writer stores the page before (as the recompute does, see [`Ahead`]). Returns how many
+/// profiles changed.
+async fn rescore_read_ahead(
+    core: &Core,
+    scoring: &Arc<Scoring>,
+    now: DateTime<Utc>,
+) -> Result<usize> {
+    let mut page = Rescored::read(core, scoring, "").await?;
+    let (mut changed, mut again) = (0, 0);
+    while let Some(last) = page.last.clone() {
+        let page_now = Arc::new(page);
+        let scoring_now = Arc::clone(scoring);
+        let write = core.group.run(core, &core.store, move |_, tx| {
+            let page = Arc::clone(&page_now);
+            let scoring = Arc::clone(&scoring_now);
+            Box::pin(async move { page.write(tx, &scoring, now).await })
+        });
+        let (written, next) = tokio::join!(write, Rescored::read(core, scoring, &last));
+        let (written, moved) = written?;
+        changed += written;
+        again += moved;
+        page = next?;
+    }
+    tracing::debug!(
+        again,
+        "profiles changed while read ahead, rescored as stored"
+    );
+    Ok(changed)
+}
+
+/// A page of purchasers rescored on a reader, ahead of its write transaction.
+struct Rescored {
+    /// The page's last contact; `None` when no purchaser came after the cursor.
+    last: Option<String>,
+    /// Each profile that the scores change: `(id, stored text, new profile, orders)`.
+    changed: Vec<(String, String, Value, i64)>,
+}
+
+impl Rescored {
+    async fn read(core: &Core, scoring: &Scoring, cursor: &str) -> Result<Rescored> {
+        let page = on_reader!(core, |tx| tx
+            .purchaser_texts_after(cursor, BATCH as i64)
+            .await)
+        .await?;
+        let last = page.last().map(|(id, _)| id.clone());
+        let changed = page
+            .into_iter()
+            .filter_map(|(id, text)| {
+                // A profile that is not valid JSON is rescored in the write, as stored there.
+                let stored: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                let (new, orders) = rescore(scoring, &id, &stored)?;
+                Some((id, text, new, orders))
+            })
+            .collect();
+        Ok(Rescored { last, changed })
+    }
+
+    /// Writes each new profile where the stored one is still the one read; a contact whose
+    /// profile changed since (a new order, say) is rescored as stored now. Returns how many
+    /// profiles changed, and how many of them were rescored here.
+    async fn write(
+        &self,
+        tx: &mut Tx,
+        scoring: &Scoring,
+        now: DateTime<Utc>,
+    ) -> Result<(usize, usize)> {
+        let rows: Vec<(&str, &str, &Value, i64)> = self
+            .changed
+            .iter()
+            .map(|(id, text, new, orders)| (id.as_str(), text.as_str(), new, *orders))
+            .collect();
+        let written: BTreeSet<String> = tx
+            .store_profiles_where_unchanged(&rows)
+            .await?
+            .into_iter()
+            .collect();
+        let moved: Vec<&str> = rows
+            .iter()
+            .map(|(id, ..)| *id)
+            .filter(|id| !written.contains(*id))
+            .collect();
+        let again: Vec<(String, Value, i64)> = tx
+            .contacts_by_ids(&moved)
+            .await?
+            .into_iter()
+            .filter_map(|c| rescore(scoring, &c.id, &c.profile.0).map(|(p, n)| (c.id, p, n)))
+            .collect();
+        let again_rows: Vec<(&str, &Value, i64)> = again
+            .iter()
+            .map(|(id, p, n)| (id.as_str(), p, *n))
+            .collect();
+        tx.store_profiles(&again_rows).await?;
+        let due: Vec<(&str, Option<DateTime<Utc>>)> = written
+            .iter()
+            .map(|id| (id.as_str(), Some(now)))
+            .chain(again_rows.iter().map(|(id, ..)| (*id, Some(now))))
+            .collect();
+        tx.set_segment_dues(&due).await?;
+        Ok((due.len(), moved.len()))
+    }
 }
 
 #[cfg(test)]
@@ -1114,6 +1241,102 @@ mod tests {
     use crate::config::Settings;
     use crate::ingest::{ContactInput, EventInput};
     use crate::store::job_status;
+
+    /// A worker on a new SQLite database in `dir`, with `segment` (YAML) if given, on a manual
+    /// clock at 2026-03-01 09:00, its first recompute done.
+    async fn worker(dir: &std::path::Path, segment: Option<&str>) -> (Arc<Core>, ManualClock) {
+        std::fs::create_dir_all(dir.join("segments")).expect("segments dir");
+        if let Some(yaml) = segment {
+            std::fs::write(dir.join("segments/s.yaml"), yaml).expect("segment");
+        }
+        let url = format!("sqlite://{}", dir.join("herald.db").display());
+        let env = vec![("HERALD_DATABASE__URL".to_owned(), url)];
+        let settings = Settings::load_with_env(dir, None, &env).expect("settings");
+        let start = Utc
+            .with_ymd_and_hms(2026, 3, 1, 9, 0, 0)
+            .single()
+            .expect("time");
+        let clock = ManualClock::new(start);
+        let app = Application::build(settings, dir, Clock::Manual(clock.clone()), Role::Worker)
+            .await
+            .expect("app");
+        crate::scheduler::run_due(&app.core)
+            .await
+            .expect("first recompute");
+        (app.core, clock)
+    }
+
+    /// Posts an `order_placed` of `total` for `contact` (created if new).
+    async fn order(core: &Core, contact: &str, total: f64) {
+        let event = EventInput {
+            id: None,
+            contact_id: contact.to_owned(),
+            name: "order_placed".to_owned(),
+            properties: json!({ "total": total }).as_object().cloned(),
+            timestamp: None,
+        };
+        core.ingest_events(vec![event]).await.expect("order");
+    }
+
+    /// A contact's stored profile.
+    async fn profile(core: &Core, id: &str) -> Profile {
+        let mut tx = core.store.read().await.expect("read");
+        let contact = tx.get_contact(id).await.expect("contact").expect("exists");
+        tx.commit().await.expect("commit");
+        Profile::from_json(&contact.profile.0)
+    }
+
+    /// A refresh page rescored on a reader ahead of its write must not overwrite a profile
+    /// that changed in between: here `c-1` places a second order after the read, and its
+    /// written profile must hold that order and the scores. `c-2`, unchanged, is written as
+    /// rescored on the reader.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refresh_page_read_ahead_rescores_profiles_changed_since() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (core, clock) = worker(dir.path(), None).await;
+        for (id, total) in [("c-1", 10.0), ("c-2", 100.0)] {
+            let contact = ContactInput {
+                id: id.to_owned(),
+                email: Some(format!("{id}@example.com")),
+                attributes: None,
+                subscribed: None,
+            };
+            core.upsert_contacts(vec![contact]).await.expect("contact");
+            order(&core, id, total).await;
+        }
+        let scoring = score_population(&core).await.expect("scores");
+        assert_eq!(scoring.purchasers.len(), 2);
+        let page = Rescored::read(&core, &scoring, "")
+            .await
+            .expect("read ahead");
+        assert_eq!(page.changed.len(), 2, "both gain scores");
+        order(&core, "c-1", 5.0).await;
+        assert!(profile(&core, "c-1").await.rfm.is_none());
+        let due = core.store.due_segment_contacts(clock.now(), 10).await;
+        assert!(due.expect("due").is_empty());
+
+        let mut tx = core.store.write().await.expect("write");
+        let (changed, again) = page
+            .write(&mut tx, &scoring, clock.now())
+            .await
+            .expect("write page");
+        tx.commit().await.expect("commit");
+        assert_eq!((changed, again), (2, 1), "c-1 rescored in the write");
+        let first = profile(&core, "c-1").await;
+        assert_eq!(first.purchase.orders, 2, "the second order is kept");
+        assert_eq!(first.purchase.total, 15.0);
+        assert!(first.rfm.is_some());
+        let second = profile(&core, "c-2").await;
+        assert_eq!(second.purchase.orders, 1);
+        assert_eq!(second.rfm, Some(scoring.scores[1].clone()));
+        let due = core
+            .store
+            .due_segment_contacts(clock.now(), 10)
+            .await
+            .expect("due");
+        assert_eq!(due, ["c-1", "c-2"], "both due for their segments");
+        core.shutdown().await;
+    }
 
     /// How many segments `c-1` is in, and its membership events named `name`.
     async fn members_and_events(core: &Core, name: &str) -> (usize, Vec<Event>) {
@@ -1132,32 +1355,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_read_ahead_is_decided_again_for_contacts_changed_since() {
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::create_dir_all(dir.path().join("segments")).expect("segments dir");
-        std::fs::write(
-            dir.path().join("segments/browsers.yaml"),
-            "name: browsers\nmatch:\n  - event: page_viewed\n    within: 30d\n",
-        )
-        .expect("segment");
-        let url = format!("sqlite://{}", dir.path().join("herald.db").display());
-        let env = vec![("HERALD_DATABASE__URL".to_owned(), url)];
-        let settings = Settings::load_with_env(dir.path(), None, &env).expect("settings");
-        let start = Utc
-            .with_ymd_and_hms(2026, 3, 1, 9, 0, 0)
-            .single()
-            .expect("time");
-        let clock = ManualClock::new(start);
-        let app = Application::build(
-            settings,
-            dir.path(),
-            Clock::Manual(clock.clone()),
-            Role::Worker,
-        )
-        .await
-        .expect("app");
-        let core = app.core;
-        crate::scheduler::run_due(&core)
-            .await
-            .expect("first recompute");
+        let segment = "name: browsers\nmatch:\n  - event: page_viewed\n    within: 30d\n";
+        let (core, clock) = worker(dir.path(), Some(segment)).await;
+        let start = clock.now();
         let contact = ContactInput {
             id: "c-1".to_owned(),
             email: Some("ana@example.com".to_owned()),

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::direct::{Params, Sql};
+use super::direct::{Params, Row, Sql};
 use super::{Backend, Result, Store, Tx, on_conn};
 
 /// One stored event as segment evaluation reads it: (contact, name, time, properties when read).
@@ -230,6 +230,32 @@ impl Tx {
             self.run(q).await?;
         }
         Ok(())
+    }
+
+    /// Writes each `(id, stored, profile, orders)` only where the contact's profile is still
+    /// stored as the text `stored` (read earlier, outside this transaction); returns the ids
+    /// written. SQLite only, as [`Tx::purchaser_texts_after`].
+    pub async fn store_profiles_where_unchanged(
+        &mut self,
+        rows: &[(&str, &str, &Value, i64)],
+    ) -> Result<Vec<String>> {
+        let mut written = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(1000) {
+            let sql = format!(
+                "UPDATE contacts SET profile = v.column3, orders = v.column4
+                 FROM (VALUES {}) AS v
+                 WHERE contacts.id = v.column1 AND contacts.profile = v.column2
+                 RETURNING id",
+                Params::new(self.backend()).rows(chunk.len(), 4)
+            );
+            let mut q = Sql::new(sql);
+            for (id, stored, profile, orders) in chunk {
+                q = q.arg(*id).arg(*stored).arg(Json(*profile)).arg(*orders);
+            }
+            let ids: Vec<(String,)> = self.all(q).await?;
+            written.extend(ids.into_iter().map(|(id,)| id));
+        }
+        Ok(written)
     }
 
     /// When each contact's segments or profile next need a look without a new event (`None`:
@@ -516,12 +542,22 @@ impl Tx {
         self.purchasers_page(cursor, limit, lock).await
     }
 
-    async fn purchasers_page(
+    /// [`Tx::purchasers_after`] with each profile as the text it is stored as, for
+    /// [`Tx::store_profiles_where_unchanged`]. SQLite only (PostgreSQL stores `jsonb`).
+    pub async fn purchaser_texts_after(
+        &mut self,
+        cursor: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>> {
+        self.purchasers_page(cursor, limit, "").await
+    }
+
+    async fn purchasers_page<T: Row>(
         &mut self,
         cursor: &str,
         limit: i64,
         lock: &str,
-    ) -> Result<Vec<(String, Json<Value>)>> {
+    ) -> Result<Vec<T>> {
         let sql = format!(
             "SELECT id, profile FROM contacts WHERE orders > 0 AND id > $1 ORDER BY id LIMIT $2{lock}"
         );
