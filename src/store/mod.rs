@@ -63,6 +63,10 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// How long a pooled PostgreSQL connection may sit idle before it is pinged on its way out of
+/// the pool (a server restarted meanwhile would have closed it).
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(10);
+
 /// Which database engine a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -177,6 +181,18 @@ impl Store {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections.max(2))
                 .acquire_timeout(Duration::from_secs(30))
+                // sqlx pings every connection it hands out by default: one round trip more for
+                // every transaction. A connection that answered its ping on release (sqlx does
+                // that too) moments ago is alive; only one idle for a while is pinged first.
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for > IDLE_BEFORE_PING {
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .after_connect(|conn, _| {
                     Box::pin(async move {
                         if !nodelay::set_on(conn).await? {
