@@ -668,10 +668,16 @@ pub async fn tick_refresh(core: &Core) -> Result<bool> {
 
 /// Runs a recompute or refresh job.
 pub async fn run_job(core: &Core, job: &Job) -> Result<Outcome> {
-    match job.kind.as_str() {
-        RECOMPUTE_JOB => recompute(core, job).await,
-        _ => refresh_population(core, job).await,
+    let outcome = match job.kind.as_str() {
+        RECOMPUTE_JOB => recompute(core, job).await?,
+        _ => refresh_population(core, job).await?,
+    };
+    if matches!(outcome, Outcome::Done) {
+        // Its hundreds of thousands of rows are in the WAL: copied now, they are not left to
+        // the commits of the next events.
+        core.store.catch_up_checkpoints().await;
     }
+    Ok(outcome)
 }
 
 /// Recomputes every contact's profile and memberships, one batch per transaction with the

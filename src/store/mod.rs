@@ -264,6 +264,14 @@ impl Store {
         Ok(())
     }
 
+    /// Copies the WAL's committed pages into the SQLite database file and returns when done
+    /// (see `Checkpointer::catch_up`); nothing to do on PostgreSQL.
+    pub async fn catch_up_checkpoints(&self) {
+        if let Store::Sqlite { checkpoints, .. } = self {
+            checkpoints.catch_up().await;
+        }
+    }
+
     pub async fn close(&self) {
         match self {
             Store::Sqlite {

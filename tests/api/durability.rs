@@ -409,12 +409,12 @@ async fn grouped_writes_commit_together_and_a_failure_costs_no_other_write(db: D
 }
 both_backends!(grouped_writes_commit_together_and_a_failure_costs_no_other_write);
 
-/// Committed pages reach the database file without the writer checkpointing: the writer's own
-/// checkpoint only starts at a WAL far larger than what is written here.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_commits_are_checkpointed_in_the_background() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("herald.db");
+/// A new SQLite store at `path`, and `measure` of it (taken after migrating), then 500 rows
+/// of 2 kB committed one by one.
+async fn filled_store<T>(
+    path: &std::path::Path,
+    measure: impl Fn() -> T,
+) -> (herald::store::Store, T) {
     let store = herald::store::Store::connect(
         &format!("sqlite://{}", path.display()),
         2,
@@ -423,14 +423,49 @@ async fn sqlite_commits_are_checkpointed_in_the_background() {
     .await
     .expect("connect");
     store.migrate().await.expect("migrate");
-    let file_size = || std::fs::metadata(&path).expect("database file").len();
-    let before = file_size();
-    for i in 0..500 {
+    let before = measure();
+    for i in 0..FILLERS {
         store
             .meta_get_or_insert(&format!("filler-{i}"), || "x".repeat(2000))
             .await
             .expect("write");
     }
+    (store, before)
+}
+
+const FILLERS: usize = 500;
+
+/// After a catch-up (what a bulk job asks for before it ends) every committed row is in the
+/// database file itself: a connection that ignores the WAL (`immutable`) sees them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_catch_up_copies_every_committed_page_into_the_database_file() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("herald.db");
+    let (store, ()) = filled_store(&path, || ()).await;
+    store.catch_up_checkpoints().await;
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .immutable(true);
+    let mut file_only = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .expect("immutable connection");
+    let (in_file,): (i64,) = sqlx::query_as("SELECT count(*) FROM meta WHERE key LIKE 'filler-%'")
+        .fetch_one(&mut file_only)
+        .await
+        .expect("count");
+    assert_eq!(in_file, FILLERS as i64);
+    store.close().await;
+}
+
+/// Committed pages reach the database file without the writer checkpointing: the writer's own
+/// checkpoint only starts at a WAL far larger than what is written here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_commits_are_checkpointed_in_the_background() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("herald.db");
+    let file_size = || std::fs::metadata(&path).expect("database file").len();
+    let (store, before) = filled_store(&path, file_size).await;
     // About 1 MB committed to the WAL; wait for the background copy (seconds at most).
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     while file_size() < before + 1_000_000 {
