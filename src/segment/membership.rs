@@ -1183,8 +1183,8 @@ impl Rescored {
         let changed = page
             .into_iter()
             .filter_map(|(id, text)| {
-                // A profile that is not valid JSON is rescored in the write, as stored there.
-                let stored: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                // Herald writes every profile as JSON; text that is not is left alone.
+                let stored: Value = serde_json::from_str(&text).ok()?;
                 let (new, orders) = rescore(scoring, &id, &stored)?;
                 Some((id, text, new, orders))
             })
