@@ -341,8 +341,11 @@ async fn store<D: Borrow<Decision>>(
         .filter(|d| d.profile_changed)
         .map(|d| (d.contact.id.as_str(), &d.contact.profile.0, d.orders))
         .collect();
-    tx.store_profiles(&profiles).await?;
+    // Written in one round trip where the backend allows (`Tx::run_all`): the profiles,
+    // memberships, their events and due instants are different rows.
+    let mut writes = tx.profile_writes(&profiles);
     let mut added = Vec::new();
+    let mut removed = Vec::new();
     let mut events = Vec::new();
     for d in decisions() {
         for (name, segments) in [(ENTERED, &d.entered), (EXITED, &d.exited)] {
@@ -362,12 +365,17 @@ async fn store<D: Borrow<Decision>>(
                 .iter()
                 .map(|s| (s.as_str(), d.contact.id.as_str())),
         );
-        for segment in &d.exited {
-            tx.remove_member(segment, &d.contact.id).await?;
-        }
+        removed.extend(d.exited.iter().map(|s| (s.as_str(), d.contact.id.as_str())));
     }
-    tx.add_members(&added, now).await?;
-    tx.import_events(&events).await?;
+    writes.extend(tx.remove_members(&removed));
+    writes.extend(tx.add_members(&added, now));
+    writes.extend(tx.event_imports(&events));
+    let dues: Vec<(&str, Option<DateTime<Utc>>)> = decisions()
+        .map(|d| (d.contact.id.as_str(), d.due))
+        .collect();
+    writes.extend(tx.due_writes(&dues));
+    tx.run_all(writes).await?;
+    // Journeys after the writes: their conditions may read the new memberships.
     if cause != Cause::Recompute {
         for event in &events {
             if let Some(d) = decisions().find(|d| d.contact.id == event.contact_id) {
@@ -383,10 +391,7 @@ async fn store<D: Borrow<Decision>>(
             }
         }
     }
-    let dues: Vec<(&str, Option<DateTime<Utc>>)> = decisions()
-        .map(|d| (d.contact.id.as_str(), d.due))
-        .collect();
-    tx.set_segment_dues(&dues).await
+    Ok(())
 }
 
 /// Re-evaluates `contacts` in one transaction. With `rebuild`, profiles are recomputed from

@@ -65,6 +65,46 @@ pub enum Arg {
     Time(Option<DateTime<Utc>>),
     /// JSON already serialized, so a document is not copied before it is written.
     Json(Option<Box<RawValue>>),
+    /// A PostgreSQL array (for `unnest(…)` or `= ANY(…)`): one parameter however many rows,
+    /// so the statement's text, and the statement PostgreSQL keeps prepared, stay the same.
+    /// SQLite gets the list as a JSON array.
+    List(List),
+}
+
+/// The values of an [`Arg::List`].
+#[derive(Debug, Clone)]
+pub enum List {
+    Text(Vec<String>),
+    Int(Vec<i64>),
+    Time(Vec<DateTime<Utc>>),
+    Json(Vec<Box<RawValue>>),
+}
+
+impl List {
+    /// The list as a JSON array, as SQLite gets it.
+    fn to_json(&self) -> String {
+        let items: Vec<Value> = match self {
+            List::Text(v) => v.iter().map(|s| Value::from(s.as_str())).collect(),
+            List::Int(v) => v.iter().map(|&i| Value::from(i)).collect(),
+            List::Time(v) => v.iter().map(|&t| Value::from(sqlite_time(t))).collect(),
+            List::Json(v) => v
+                .iter()
+                .map(|raw| serde_json::from_str(raw.get()).unwrap_or(Value::Null))
+                .collect(),
+        };
+        Value::Array(items).to_string()
+    }
+}
+
+impl From<List> for Arg {
+    fn from(v: List) -> Arg {
+        Arg::List(v)
+    }
+}
+
+/// The texts as a [`List`].
+pub fn texts<'a>(values: impl IntoIterator<Item = &'a str>) -> List {
+    List::Text(values.into_iter().map(str::to_owned).collect())
 }
 
 macro_rules! arg_from {
@@ -102,7 +142,7 @@ impl From<&Option<String>> for Arg {
 }
 
 /// `value` serialized, as sqlx would write it.
-fn raw_json(value: &Value) -> Box<RawValue> {
+pub fn raw_json(value: &Value) -> Box<RawValue> {
     // A `Value` always prints as valid JSON, so this never falls back.
     RawValue::from_string(value.to_string()).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
@@ -128,6 +168,54 @@ impl Sql {
         self.args.push(value.into());
         self
     }
+
+    /// Binds texts for a [`Params::in_set`]: one parameter each on SQLite, one array on
+    /// PostgreSQL.
+    pub fn set<'a>(mut self, backend: Backend, values: impl IntoIterator<Item = &'a str>) -> Sql {
+        match backend {
+            Backend::Sqlite => self.args.extend(values.into_iter().map(Arg::from)),
+            Backend::Postgres => self.args.push(texts(values).into()),
+        }
+        self
+    }
+}
+
+/// PostgreSQL statements as the `WITH` queries of one statement, their parameters renumbered
+/// to follow each other.
+fn together(statements: Vec<Sql>) -> Sql {
+    let mut args = Vec::new();
+    let queries: Vec<String> = statements
+        .into_iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let text = shift_parameters(&q.text, args.len());
+            args.extend(q.args);
+            format!("w{i} AS ({text})")
+        })
+        .collect();
+    Sql {
+        text: format!("WITH {} SELECT 1", queries.join(", ")).into(),
+        args,
+    }
+}
+
+/// `text` with every `$N` made `$(N + by)`. The statements written here put `$` only in
+/// placeholders (never in a literal), so each `$` followed by digits is one.
+fn shift_parameters(text: &str, by: usize) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Placeholders for values bound in the order they appear in the statement: `$1, $2, …` on
@@ -145,6 +233,10 @@ impl Params {
         Params { backend, next: 1 }
     }
 
+    pub(super) fn backend(&self) -> Backend {
+        self.backend
+    }
+
     pub(super) fn one(&mut self) -> String {
         match self.backend {
             Backend::Sqlite => "?".to_owned(),
@@ -152,6 +244,15 @@ impl Params {
                 self.next += 1;
                 format!("${}", self.next - 1)
             }
+        }
+    }
+
+    /// A test against a set of `n` values bound with [`Sql::set`]: `IN (?, ?, …)` on SQLite,
+    /// `= ANY($k)` on PostgreSQL, whose statement then reads the same for any `n`.
+    pub(super) fn in_set(&mut self, n: usize) -> String {
+        match self.backend {
+            Backend::Sqlite => format!("IN ({})", self.list(n)),
+            Backend::Postgres => format!("= ANY({})", self.one()),
         }
     }
 
@@ -169,9 +270,10 @@ impl Params {
     }
 }
 
-/// Binds every argument of a [`Sql`] to a sqlx query of either backend.
+/// Binds every argument of a [`Sql`] to a sqlx query of the backend named first: an
+/// [`Arg::List`] as an array on PostgreSQL, as JSON text on SQLite.
 macro_rules! bind_args {
-    ($query:expr, $args:expr) => {{
+    ($backend:ident, $query:expr, $args:expr) => {{
         let mut query = $query;
         for arg in $args {
             query = match arg {
@@ -181,10 +283,22 @@ macro_rules! bind_args {
                 Arg::Bool(v) => query.bind(v),
                 Arg::Time(v) => query.bind(v),
                 Arg::Json(v) => query.bind(v.map(Json)),
+                Arg::List(v) => bind_args!(@list $backend, query, v),
             };
         }
         query
     }};
+    (@list sqlite, $query:ident, $v:ident) => {
+        $query.bind($v.to_json())
+    };
+    (@list postgres, $query:ident, $v:ident) => {
+        match $v {
+            List::Text(v) => $query.bind(v),
+            List::Int(v) => $query.bind(v),
+            List::Time(v) => $query.bind(v),
+            List::Json(v) => $query.bind(v.into_iter().map(Json).collect::<Vec<_>>()),
+        }
+    };
 }
 
 /// A row type every kind of [`Tx`] can read.
@@ -207,11 +321,11 @@ impl Tx {
     /// Runs a statement; answers how many rows it changed.
     pub async fn run(&mut self, q: Sql) -> Result<u64> {
         Ok(match self {
-            Tx::Sqlite(t) => bind_args!(sqlx::query(AssertSqlSafe(q.text)), q.args)
+            Tx::Sqlite(t) => bind_args!(sqlite, sqlx::query(AssertSqlSafe(q.text)), q.args)
                 .execute(&mut **t)
                 .await?
                 .rows_affected(),
-            Tx::Postgres(t) => bind_args!(sqlx::query(AssertSqlSafe(q.text)), q.args)
+            Tx::Postgres(t) => bind_args!(postgres, sqlx::query(AssertSqlSafe(q.text)), q.args)
                 .execute(&mut **t)
                 .await?
                 .rows_affected(),
@@ -219,18 +333,41 @@ impl Tx {
         })
     }
 
+    /// Runs statements that do not read each other's effects, in one round trip where the
+    /// backend allows: on PostgreSQL, as the data-modifying `WITH` queries of one statement.
+    /// There they all see the same snapshot, so none may read, or change, a row another one
+    /// changes.
+    pub async fn run_all(&mut self, statements: Vec<Sql>) -> Result<()> {
+        if self.backend() == Backend::Postgres && statements.len() > 1 {
+            self.run(together(statements)).await?;
+            return Ok(());
+        }
+        for q in statements {
+            self.run(q).await?;
+        }
+        Ok(())
+    }
+
     /// The first row a statement returns, if any.
     pub async fn optional<T: Row>(&mut self, q: Sql) -> Result<Option<T>> {
         Ok(match self {
             Tx::Sqlite(t) => {
-                bind_args!(sqlx::query_as::<_, T>(AssertSqlSafe(q.text)), q.args)
-                    .fetch_optional(&mut **t)
-                    .await?
+                bind_args!(
+                    sqlite,
+                    sqlx::query_as::<_, T>(AssertSqlSafe(q.text)),
+                    q.args
+                )
+                .fetch_optional(&mut **t)
+                .await?
             }
             Tx::Postgres(t) => {
-                bind_args!(sqlx::query_as::<_, T>(AssertSqlSafe(q.text)), q.args)
-                    .fetch_optional(&mut **t)
-                    .await?
+                bind_args!(
+                    postgres,
+                    sqlx::query_as::<_, T>(AssertSqlSafe(q.text)),
+                    q.args
+                )
+                .fetch_optional(&mut **t)
+                .await?
             }
             Tx::Direct(d) => d.rows(&q, Some(1))?.pop(),
         })
@@ -247,14 +384,22 @@ impl Tx {
     pub async fn all<T: Row>(&mut self, q: Sql) -> Result<Vec<T>> {
         Ok(match self {
             Tx::Sqlite(t) => {
-                bind_args!(sqlx::query_as::<_, T>(AssertSqlSafe(q.text)), q.args)
-                    .fetch_all(&mut **t)
-                    .await?
+                bind_args!(
+                    sqlite,
+                    sqlx::query_as::<_, T>(AssertSqlSafe(q.text)),
+                    q.args
+                )
+                .fetch_all(&mut **t)
+                .await?
             }
             Tx::Postgres(t) => {
-                bind_args!(sqlx::query_as::<_, T>(AssertSqlSafe(q.text)), q.args)
-                    .fetch_all(&mut **t)
-                    .await?
+                bind_args!(
+                    postgres,
+                    sqlx::query_as::<_, T>(AssertSqlSafe(q.text)),
+                    q.args
+                )
+                .fetch_all(&mut **t)
+                .await?
             }
             Tx::Direct(d) => d.rows(&q, None)?,
         })
@@ -465,6 +610,7 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, i: usize, arg: &Arg) -> rusqlite::Re
         Arg::Bool(v) => stmt.raw_bind_parameter(i, v.map(i64::from)),
         Arg::Time(v) => stmt.raw_bind_parameter(i, v.map(sqlite_time)),
         Arg::Json(v) => stmt.raw_bind_parameter(i, v.as_ref().map(|raw| raw.get())),
+        Arg::List(v) => stmt.raw_bind_parameter(i, v.to_json()),
     }
 }
 
@@ -600,6 +746,28 @@ pub(super) mod tests {
 
     use super::*;
     use crate::store::{Contact, GroupCommit, WriterCpu, on_conn};
+
+    #[test]
+    fn statements_run_together_number_their_parameters_in_turn() {
+        let q = together(vec![
+            Sql::new("DELETE FROM a WHERE x = $1 AND y = $2")
+                .arg("x")
+                .arg(1),
+            Sql::new("INSERT INTO b SELECT * FROM unnest($1::text[])").arg(texts(["p", "q"])),
+            Sql::new("UPDATE c SET v = $2 WHERE id = $1 AND w <> $10")
+                .arg("id")
+                .arg(2)
+                .arg(3),
+        ]);
+        assert_eq!(
+            q.text,
+            "WITH w0 AS (DELETE FROM a WHERE x = $1 AND y = $2), \
+             w1 AS (INSERT INTO b SELECT * FROM unnest($3::text[])), \
+             w2 AS (UPDATE c SET v = $5 WHERE id = $4 AND w <> $13) SELECT 1"
+        );
+        assert_eq!(q.args.len(), 6);
+        assert!(matches!(&q.args[2], Arg::List(List::Text(v)) if v == &["p", "q"]));
+    }
 
     /// A migrated SQLite store in a temporary directory, for the store's unit tests.
     pub(in crate::store) async fn sqlite() -> (tempfile::TempDir, Store) {

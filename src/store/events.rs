@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::direct::{Params, Sql};
+use super::direct::{List, Params, Sql, raw_json, texts};
 use super::{Backend, Event, Result, Tx};
 
 impl Tx {
@@ -28,22 +28,47 @@ impl Tx {
         if events.is_empty() {
             return Ok(0);
         }
-        let sql = format!(
-            "INSERT INTO events (id, contact_id, name, properties, occurred_at, received_at)
-             VALUES {} ON CONFLICT (id) DO NOTHING",
-            Params::new(self.backend()).rows(events.len(), 6)
-        );
-        let mut q = Sql::new(sql);
-        for e in events {
-            q = q
-                .arg(&e.id)
-                .arg(&e.contact_id)
-                .arg(&e.name)
-                .arg(&e.properties)
-                .arg(e.occurred_at)
-                .arg(e.received_at);
-        }
+        let q = self.event_insert(events);
         self.run(q).await
+    }
+
+    /// [`Tx::insert_events`]' statement.
+    pub(super) fn event_insert(&self, events: &[Event]) -> Sql {
+        match self.backend() {
+            Backend::Sqlite => {
+                let sql = format!(
+                    "INSERT INTO events (id, contact_id, name, properties, occurred_at, received_at)
+                     VALUES {} ON CONFLICT (id) DO NOTHING",
+                    Params::new(self.backend()).rows(events.len(), 6)
+                );
+                let mut q = Sql::new(sql);
+                for e in events {
+                    q = q
+                        .arg(&e.id)
+                        .arg(&e.contact_id)
+                        .arg(&e.name)
+                        .arg(&e.properties)
+                        .arg(e.occurred_at)
+                        .arg(e.received_at);
+                }
+                q
+            }
+            // Arrays: one statement text (and one prepared statement) for any number of events.
+            Backend::Postgres => Sql::new(
+                "INSERT INTO events (id, contact_id, name, properties, occurred_at, received_at)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[],
+                                      $5::timestamptz[], $6::timestamptz[])
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .arg(texts(events.iter().map(|e| e.id.as_str())))
+            .arg(texts(events.iter().map(|e| e.contact_id.as_str())))
+            .arg(texts(events.iter().map(|e| e.name.as_str())))
+            .arg(List::Json(
+                events.iter().map(|e| raw_json(&e.properties.0)).collect(),
+            ))
+            .arg(List::Time(events.iter().map(|e| e.occurred_at).collect()))
+            .arg(List::Time(events.iter().map(|e| e.received_at).collect())),
+        }
     }
 
     /// The contact's events named `name` that occurred at or after `since` (all when `None`).

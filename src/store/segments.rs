@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::direct::{Params, Row, Sql};
+use super::direct::{List, Params, Row, Sql, raw_json, texts};
 use super::{Backend, Result, Store, Tx, on_conn};
 
 /// One stored event as segment evaluation reads it: (contact, name, time, properties when read).
@@ -19,9 +19,12 @@ pub struct FactRead<'a> {
     pub properties: bool,
 }
 
-/// `WITH v (id) AS (VALUES (…), …)`: `n` contact ids as a table `v` the query goes on to read.
+/// `n` contact ids, bound with [`Sql::set`], as a table `v` the query goes on to read.
 fn contacts_as_v(p: &mut Params, n: usize) -> String {
-    format!("WITH v (id) AS (VALUES {})", p.rows(n, 1))
+    match p.backend() {
+        Backend::Sqlite => format!("WITH v (id) AS (VALUES {})", p.rows(n, 1)),
+        Backend::Postgres => format!("WITH v (id) AS (SELECT unnest({}::text[]))", p.one()),
+    }
 }
 
 impl Tx {
@@ -47,15 +50,12 @@ impl Tx {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT contact_id, segment, entered_at FROM segment_members WHERE contact_id IN ({})
+            "SELECT contact_id, segment, entered_at FROM segment_members WHERE contact_id {}
              ORDER BY contact_id, segment",
-            Params::new(self.backend()).list(contact_ids.len())
+            Params::new(self.backend()).in_set(contact_ids.len())
         );
         // Only placeholders are spliced in; every value is bound.
-        let mut q = Sql::new(sql);
-        for id in contact_ids {
-            q = q.arg(id);
-        }
+        let q = Sql::new(sql).set(self.backend(), contact_ids.iter().map(String::as_str));
         self.all(q).await
     }
 
@@ -133,13 +133,13 @@ impl Tx {
     ) -> Result<Vec<FactRow>> {
         let mut p = Params::new(self.backend());
         // PostgreSQL numbers its placeholders, so every arm refers to the same ids.
-        let ids = p.list(contact_ids.len());
+        let ids = p.in_set(contact_ids.len());
         let arms: Vec<String> = reads
             .iter()
             .map(|r| {
                 format!(
                     "SELECT contact_id, name, occurred_at, {} FROM events
-                     WHERE contact_id IN ({ids}) AND name = {} AND occurred_at >= {}",
+                     WHERE contact_id {ids} AND name = {} AND occurred_at >= {}",
                     if r.properties {
                         "properties"
                     } else {
@@ -152,10 +152,7 @@ impl Tx {
             .collect();
         let sql = format!("{} ORDER BY 1, 3", arms.join(" UNION ALL "));
         // Only placeholders are spliced in; every value is bound, in the order it appears.
-        let mut q = Sql::new(sql);
-        for id in contact_ids {
-            q = q.arg(id);
-        }
+        let mut q = Sql::new(sql).set(self.backend(), contact_ids.iter().map(String::as_str));
         for r in reads {
             q = q.arg(r.name).arg(r.since);
         }
@@ -167,69 +164,104 @@ impl Tx {
         let mut found = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(1000) {
             let sql = format!(
-                "SELECT * FROM contacts WHERE id IN ({})",
-                Params::new(self.backend()).list(chunk.len())
+                "SELECT * FROM contacts WHERE id {}",
+                Params::new(self.backend()).in_set(chunk.len())
             );
-            let mut q = Sql::new(sql);
-            for id in chunk {
-                q = q.arg(*id);
-            }
+            let q = Sql::new(sql).set(self.backend(), chunk.iter().copied());
             let rows: Vec<super::Contact> = self.all(q).await?;
             found.extend(rows);
         }
         Ok(found)
     }
 
-    /// Adds (segment, contact) memberships entered at `now`.
-    pub async fn add_members(&mut self, rows: &[(&str, &str)], now: DateTime<Utc>) -> Result<()> {
+    /// Adds (segment, contact) memberships entered at `now`: the statements, for
+    /// [`Tx::run_all`].
+    pub fn add_members(&self, rows: &[(&str, &str)], now: DateTime<Utc>) -> Vec<Sql> {
+        let mut writes = Vec::new();
         for chunk in rows.chunks(1000) {
-            let sql = format!(
-                "INSERT INTO segment_members (segment, contact_id, entered_at) VALUES {}
-                 ON CONFLICT (segment, contact_id) DO NOTHING",
-                Params::new(self.backend()).rows(chunk.len(), 3)
-            );
-            let mut q = Sql::new(sql);
-            for (segment, contact) in chunk {
-                q = q.arg(*segment).arg(*contact).arg(now);
-            }
-            self.run(q).await?;
+            let q = match self.backend() {
+                Backend::Sqlite => {
+                    let sql = format!(
+                        "INSERT INTO segment_members (segment, contact_id, entered_at) VALUES {}
+                         ON CONFLICT (segment, contact_id) DO NOTHING",
+                        Params::new(self.backend()).rows(chunk.len(), 3)
+                    );
+                    let mut q = Sql::new(sql);
+                    for (segment, contact) in chunk {
+                        q = q.arg(*segment).arg(*contact).arg(now);
+                    }
+                    q
+                }
+                Backend::Postgres => Sql::new(
+                    "INSERT INTO segment_members (segment, contact_id, entered_at)
+                     SELECT s, c, $3 FROM unnest($1::text[], $2::text[]) AS v (s, c)
+                     ON CONFLICT (segment, contact_id) DO NOTHING",
+                )
+                .arg(texts(chunk.iter().map(|r| r.0)))
+                .arg(texts(chunk.iter().map(|r| r.1)))
+                .arg(now),
+            };
+            writes.push(q);
         }
-        Ok(())
+        writes
     }
 
-    pub async fn remove_member(&mut self, segment: &str, contact_id: &str) -> Result<()> {
-        self.run(
-            Sql::new("DELETE FROM segment_members WHERE segment = $1 AND contact_id = $2")
-                .arg(segment)
-                .arg(contact_id),
-        )
-        .await?;
-        Ok(())
+    /// Removes (segment, contact) memberships: the statements, for [`Tx::run_all`].
+    pub fn remove_members(&self, rows: &[(&str, &str)]) -> Vec<Sql> {
+        let delete = "DELETE FROM segment_members WHERE segment = $1 AND contact_id = $2";
+        match self.backend() {
+            Backend::Sqlite => rows
+                .iter()
+                .map(|(segment, contact)| Sql::new(delete).arg(*segment).arg(*contact))
+                .collect(),
+            Backend::Postgres if rows.is_empty() => Vec::new(),
+            Backend::Postgres => vec![
+                Sql::new(
+                    "DELETE FROM segment_members m USING unnest($1::text[], $2::text[]) AS v (s, c)
+                     WHERE m.segment = v.s AND m.contact_id = v.c",
+                )
+                .arg(texts(rows.iter().map(|r| r.0)))
+                .arg(texts(rows.iter().map(|r| r.1))),
+            ],
+        }
     }
 
     /// Stores computed profiles, with each contact's order count (kept beside the profile for
     /// RFM ranking), in one statement per 1000 contacts.
     pub async fn store_profiles(&mut self, rows: &[(&str, &Value, i64)]) -> Result<()> {
+        let writes = self.profile_writes(rows);
+        self.run_all(writes).await
+    }
+
+    /// [`Tx::store_profiles`]' statements, for [`Tx::run_all`].
+    pub fn profile_writes(&self, rows: &[(&str, &Value, i64)]) -> Vec<Sql> {
+        let mut writes = Vec::new();
         for chunk in rows.chunks(1000) {
-            let values = Params::new(self.backend()).rows(chunk.len(), 3);
-            // The same update; only the way to name a VALUES list's columns differs.
-            let sql = match self.backend() {
-                Backend::Sqlite => format!(
-                    "UPDATE contacts SET profile = v.column2, orders = v.column3
-                     FROM (VALUES {values}) AS v WHERE contacts.id = v.column1"
-                ),
-                Backend::Postgres => format!(
+            let q = match self.backend() {
+                Backend::Sqlite => {
+                    let sql = format!(
+                        "UPDATE contacts SET profile = v.column2, orders = v.column3
+                         FROM (VALUES {}) AS v WHERE contacts.id = v.column1",
+                        Params::new(self.backend()).rows(chunk.len(), 3)
+                    );
+                    let mut q = Sql::new(sql);
+                    for (id, profile, orders) in chunk {
+                        q = q.arg(*id).arg(Json(*profile)).arg(*orders);
+                    }
+                    q
+                }
+                Backend::Postgres => Sql::new(
                     "UPDATE contacts SET profile = v.profile, orders = v.orders
-                     FROM (VALUES {values}) AS v (id, profile, orders) WHERE contacts.id = v.id"
-                ),
+                     FROM unnest($1::text[], $2::jsonb[], $3::int8[]) AS v (id, profile, orders)
+                     WHERE contacts.id = v.id",
+                )
+                .arg(texts(chunk.iter().map(|r| r.0)))
+                .arg(List::Json(chunk.iter().map(|r| raw_json(r.1)).collect()))
+                .arg(List::Int(chunk.iter().map(|r| r.2).collect())),
             };
-            let mut q = Sql::new(sql);
-            for (id, profile, orders) in chunk {
-                q = q.arg(*id).arg(Json(*profile)).arg(*orders);
-            }
-            self.run(q).await?;
+            writes.push(q);
         }
-        Ok(())
+        writes
     }
 
     /// Writes each `(id, stored, profile, orders)` only where the contact's profile is still
@@ -261,6 +293,13 @@ impl Tx {
     /// When each contact's segments or profile next need a look without a new event (`None`:
     /// only a new event changes them).
     pub async fn set_segment_dues(&mut self, rows: &[(&str, Option<DateTime<Utc>>)]) -> Result<()> {
+        let writes = self.due_writes(rows);
+        self.run_all(writes).await
+    }
+
+    /// [`Tx::set_segment_dues`]' statements, for [`Tx::run_all`].
+    pub fn due_writes(&self, rows: &[(&str, Option<DateTime<Utc>>)]) -> Vec<Sql> {
+        let mut writes = Vec::new();
         let due: Vec<(&str, DateTime<Utc>)> = rows
             .iter()
             .filter_map(|(id, at)| at.map(|at| (*id, at)))
@@ -271,29 +310,37 @@ impl Tx {
             .map(|(id, _)| *id)
             .collect();
         for chunk in due.chunks(1000) {
-            let sql = format!(
-                "INSERT INTO segment_due (contact_id, due_at) VALUES {}
-                 ON CONFLICT (contact_id) DO UPDATE SET due_at = excluded.due_at",
-                Params::new(self.backend()).rows(chunk.len(), 2)
-            );
-            let mut q = Sql::new(sql);
-            for (id, at) in chunk {
-                q = q.arg(*id).arg(*at);
-            }
-            self.run(q).await?;
+            let q = match self.backend() {
+                Backend::Sqlite => {
+                    let sql = format!(
+                        "INSERT INTO segment_due (contact_id, due_at) VALUES {}
+                         ON CONFLICT (contact_id) DO UPDATE SET due_at = excluded.due_at",
+                        Params::new(self.backend()).rows(chunk.len(), 2)
+                    );
+                    let mut q = Sql::new(sql);
+                    for (id, at) in chunk {
+                        q = q.arg(*id).arg(*at);
+                    }
+                    q
+                }
+                Backend::Postgres => Sql::new(
+                    "INSERT INTO segment_due (contact_id, due_at)
+                     SELECT * FROM unnest($1::text[], $2::timestamptz[])
+                     ON CONFLICT (contact_id) DO UPDATE SET due_at = excluded.due_at",
+                )
+                .arg(texts(chunk.iter().map(|r| r.0)))
+                .arg(List::Time(chunk.iter().map(|r| r.1).collect())),
+            };
+            writes.push(q);
         }
         for chunk in never.chunks(1000) {
             let sql = format!(
-                "DELETE FROM segment_due WHERE contact_id IN ({})",
-                Params::new(self.backend()).list(chunk.len())
+                "DELETE FROM segment_due WHERE contact_id {}",
+                Params::new(self.backend()).in_set(chunk.len())
             );
-            let mut q = Sql::new(sql);
-            for id in chunk {
-                q = q.arg(*id);
-            }
-            self.run(q).await?;
+            writes.push(Sql::new(sql).set(self.backend(), chunk.iter().copied()));
         }
-        Ok(())
+        writes
     }
 
     /// Each contact's last human engagement: the newest `email_opened` or `email_clicked`
@@ -326,10 +373,7 @@ impl Tx {
             // (contact, last human open, last human click)
             type Newest = (String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
             // Only placeholders and the two constant event names are spliced in.
-            let mut q = Sql::new(sql);
-            for id in chunk {
-                q = q.arg(id);
-            }
+            let q = Sql::new(sql).set(self.backend(), chunk.iter().map(String::as_str));
             let rows: Vec<Newest> = self.all(q).await?;
             found.extend(
                 rows.into_iter()
@@ -384,10 +428,7 @@ impl Tx {
                 cases.join(" ")
             );
             // Only placeholders and tier numbers are spliced in; every value is bound.
-            let mut q = Sql::new(sql);
-            for id in chunk {
-                q = q.arg(id);
-            }
+            let mut q = Sql::new(sql).set(self.backend(), chunk.iter().map(String::as_str));
             for (_, names) in &tiers {
                 for name in names.iter() {
                     q = q.arg(*name);
@@ -411,14 +452,11 @@ impl Tx {
             return Ok(Default::default());
         }
         let sql = format!(
-            "SELECT contact_id, COUNT(*) FROM messages WHERE contact_id IN ({})
+            "SELECT contact_id, COUNT(*) FROM messages WHERE contact_id {}
              AND status IN ('sent', 'unknown') GROUP BY contact_id",
-            Params::new(self.backend()).list(contact_ids.len())
+            Params::new(self.backend()).in_set(contact_ids.len())
         );
-        let mut q = Sql::new(sql);
-        for id in contact_ids {
-            q = q.arg(id);
-        }
+        let q = Sql::new(sql).set(self.backend(), contact_ids.iter().map(String::as_str));
         let rows: Vec<(String, i64)> = self.all(q).await?;
         Ok(rows.into_iter().collect())
     }
@@ -652,10 +690,16 @@ impl Tx {
     /// Stores many events at once, as they happened, without applying their effects
     /// (imports and benchmarks; a recompute brings segments up to date afterwards).
     pub async fn import_events(&mut self, events: &[super::Event]) -> Result<()> {
+        let writes = self.event_imports(events);
+        self.run_all(writes).await
+    }
+
+    /// [`Tx::import_events`]' statements, for [`Tx::run_all`].
+    pub fn event_imports(&self, events: &[super::Event]) -> Vec<Sql> {
         // 6 values an event keeps 1000-event statements under SQLite's bound-parameter limit.
-        for chunk in events.chunks(1000) {
-            self.insert_events(chunk).await?;
-        }
-        Ok(())
+        events
+            .chunks(1000)
+            .map(|chunk| self.event_insert(chunk))
+            .collect()
     }
 }
