@@ -270,14 +270,6 @@ async fn store_events(
         tx.lock_contacts(&ids).await?;
     }
     for input in inputs {
-        // Locked as read when the event changes the profile, which is built on this read.
-        let contact = match membership::evaluates(core, &input.name) {
-            true => tx.lock_and_get_contact(&input.contact_id).await?,
-            false => tx.get_contact(&input.contact_id).await?,
-        };
-        let Some(contact) = contact else {
-            return Err(IngestError::UnknownContact(input.contact_id));
-        };
         let event = Event {
             id: input.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
             contact_id: input.contact_id,
@@ -286,7 +278,12 @@ async fn store_events(
             occurred_at: input.timestamp.unwrap_or(now),
             received_at: now,
         };
-        if !tx.insert_event(&event).await? {
+        // Locked as read when the event changes the profile, which is built on this read.
+        let lock = membership::evaluates(core, &event.name);
+        let Some((contact, new)) = tx.contact_and_insert_event(&event, lock).await? else {
+            return Err(IngestError::UnknownContact(event.contact_id));
+        };
+        if !new {
             receipts.push(EventReceipt {
                 id: event.id,
                 duplicate: true,

@@ -20,7 +20,8 @@ use crate::core::Core;
 use crate::scheduler::{page_cursor, turn_page};
 use crate::store::direct::Direct;
 use crate::store::{
-    Backend, Contact, Event, FactRead, FactRow, Job, Result, StoreError, Tx, earliest, job_status,
+    Backend, Contact, Event, FactRead, FactRow, Job, Membership, Result, StoreError, Tx, earliest,
+    job_status,
 };
 use crate::workflow::engine::Outcome;
 use crate::workflow::timing::{next_cron, parse_cron};
@@ -184,8 +185,9 @@ async fn refresh(
     }
     let ids = [contact.id.clone()];
     let reads = fact_reads(core, false, now);
-    let mut facts = group_facts(tx.facts(&ids, &as_reads(&reads)).await?);
-    let current = current_members(tx, &ids).await?;
+    let (facts, members) = tx.facts_and_members(&ids, &as_reads(&reads)).await?;
+    let mut facts = group_facts(facts);
+    let current = by_contact(members);
     let state = ContactState {
         events: facts.remove(&contact.id).unwrap_or_default(),
         members: current.get(&contact.id).cloned().unwrap_or_default(),
@@ -216,12 +218,12 @@ fn group_facts(rows: Vec<FactRow>) -> HashMap<String, HashMap<String, Vec<Fact>>
     by_contact
 }
 
-async fn current_members(tx: &mut Tx, ids: &[String]) -> Result<HashMap<String, BTreeSet<String>>> {
+fn by_contact(memberships: Vec<Membership>) -> HashMap<String, BTreeSet<String>> {
     let mut members: HashMap<String, BTreeSet<String>> = HashMap::new();
-    for (contact, segment, _) in tx.memberships(ids).await? {
+    for (contact, segment, _) in memberships {
         members.entry(contact).or_default().insert(segment);
     }
-    Ok(members)
+    members
 }
 
 /// The high-value threshold in force: the configured amount, or the top share as of the last
@@ -419,8 +421,9 @@ async fn decide_batch(
 ) -> Result<(Vec<Decision>, HashMap<String, BTreeSet<String>>)> {
     let ids: Vec<String> = contacts.iter().map(|c| c.id.clone()).collect();
     let reads = fact_reads(core, rebuild, now);
-    let mut facts = group_facts(tx.facts(&ids, &as_reads(&reads)).await?);
-    let members = current_members(tx, &ids).await?;
+    let (facts, members) = tx.facts_and_members(&ids, &as_reads(&reads)).await?;
+    let mut facts = group_facts(facts);
+    let members = by_contact(members);
     let sends = tx.sent_counts(&ids).await?;
     let high_value = threshold(tx, core).await?;
     let (tiers, engaged, stages) = if rebuild {
@@ -960,7 +963,7 @@ impl Ahead {
             .await?
             .into_iter()
             .collect();
-        let members = current_members(&mut tx, &ids).await?;
+        let members = by_contact(tx.memberships(&ids).await?);
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let fresh: HashMap<String, Contact> = tx
             .contacts_by_ids(&id_refs)

@@ -32,7 +32,7 @@ pub use group::{GroupCommit, TxFuture};
 pub use jobs::{NextDue, earliest};
 pub use models::*;
 pub use notify::WorkListener;
-pub use segments::{FactRead, FactRow};
+pub use segments::{FactRead, FactRow, Membership};
 pub use writer::{WriterCpu, WriterThread};
 
 #[derive(Debug, thiserror::Error)]
