@@ -583,6 +583,7 @@ async fn sweep_in_group(core: &Core, due: Vec<String>, now: DateTime<Utc>) -> Re
 
 /// Re-evaluates the due contacts `due` in `tx`; those that no longer exist are no longer due.
 async fn sweep_batch(tx: &mut Tx, core: &Core, due: &[String], now: DateTime<Utc>) -> Result<()> {
+    tx.plan_for_values().await?;
     let ids: Vec<&str> = due.iter().map(String::as_str).collect();
     let contacts = tx.lock_and_get_contacts(&ids).await?;
     let gone: Vec<(&str, Option<DateTime<Utc>>)> = ids
@@ -674,6 +675,9 @@ pub async fn tick_refresh(core: &Core) -> Result<bool> {
     Ok(queued)
 }
 
+/// What a recompute or refresh rewrites in bulk.
+const BULK_TABLES: &[&str] = &["contacts", "events", "segment_members", "segment_due"];
+
 /// Runs a recompute or refresh job.
 pub async fn run_job(core: &Core, job: &Job) -> Result<Outcome> {
     let outcome = match job.kind.as_str() {
@@ -684,6 +688,7 @@ pub async fn run_job(core: &Core, job: &Job) -> Result<Outcome> {
         // Its hundreds of thousands of rows are in the WAL: copied now, they are not left to
         // the commits of the next events.
         core.store.catch_up_checkpoints().await;
+        core.store.analyze(BULK_TABLES).await?;
     }
     Ok(outcome)
 }
@@ -798,6 +803,7 @@ async fn range_batch(
 ) -> Result<Option<Outcome>> {
     let now = core.clock.now();
     let mut tx = core.store.write().await?;
+    tx.plan_for_values().await?;
     let contacts = tx.lock_contacts_in(from, to).await?;
     let (decisions, _) = decide_batch(&mut tx, core, &contacts, true, now).await?;
     store(&mut tx, core, &decisions, Cause::Recompute, now).await?;
@@ -1113,6 +1119,7 @@ async fn rescore_locked(core: &Core, scoring: &Arc<Scoring>, now: DateTime<Utc>)
                 let scoring = Arc::clone(&scoring);
                 let from = from.clone();
                 Box::pin(async move {
+                    tx.plan_for_values().await?;
                     let page = tx.lock_purchasers_after(&from, BATCH as i64).await?;
                     let Some(last) = page.last() else {
                         return Ok(None);

@@ -272,6 +272,21 @@ impl Store {
         }
     }
 
+    /// After a bulk job rewrote `tables`: PostgreSQL gathers their statistics afresh, which
+    /// also drops the plans its connections cached for them. Those were planned when the
+    /// tables were a fraction of their size (a fresh install's first recompute), and
+    /// autovacuum's own analyze comes minutes later: meanwhile one event took 20 ms instead of
+    /// 1, reading memberships by a scan planned for a table of a few thousand rows. SQLite
+    /// plans each statement as it prepares it.
+    pub async fn analyze(&self, tables: &[&str]) -> Result<()> {
+        if let Store::Postgres(pool) = self {
+            // Only the caller's constant table names are spliced in.
+            let sql = format!("ANALYZE {}", tables.join(", "));
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await?;
+        }
+        Ok(())
+    }
+
     pub async fn close(&self) {
         match self {
             Store::Sqlite {
@@ -389,6 +404,19 @@ impl Tx {
 
     /// Appended to a `SELECT` whose rows are read to be written back: PostgreSQL locks them
     /// until the transaction ends; SQLite's write transactions are serialized already.
+    /// Statements of this transaction go over many rows: PostgreSQL plans each one for the
+    /// values it is given rather than reusing a plan it cached for other sizes (it plans with
+    /// the tables' current sizes, while a table a bulk job is filling outgrows a cached
+    /// plan). Planning is a small part of such a statement.
+    pub async fn plan_for_values(&mut self) -> Result<()> {
+        if let Tx::Postgres(t) = self {
+            sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
+                .execute(&mut **t)
+                .await?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn row_lock(&self) -> &'static str {
         match self.backend() {
             Backend::Sqlite => "",

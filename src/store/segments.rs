@@ -23,18 +23,9 @@ pub struct FactRead<'a> {
 }
 
 /// `table` as `t`, its rows of `n` contacts bound with [`Sql::set`], up to an open `WHERE`
-/// the query may go on with (`AND …`). On PostgreSQL a join with the unnested ids: one index
-/// probe per contact however the planner estimates the set. With `contact_id = ANY($1)` and
-/// no fresh statistics after a bulk load, it planned some reads of one contact as scans of the
-/// whole table (24 ms an event at 1M contacts).
+/// the query may go on with (`AND …`).
 fn contacts_rows(p: &mut Params, n: usize, table: &str) -> String {
-    match p.backend() {
-        Backend::Sqlite => format!("{table} t WHERE t.contact_id IN ({})", p.list(n)),
-        Backend::Postgres => format!(
-            "unnest({}::text[]) AS v (id) JOIN {table} t ON t.contact_id = v.id WHERE TRUE",
-            p.one()
-        ),
-    }
+    format!("{table} t WHERE t.contact_id {}", p.in_set(n))
 }
 
 /// `n` contact ids, bound with [`Sql::set`], as a table `v` the query goes on to read.

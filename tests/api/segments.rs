@@ -5,8 +5,8 @@
 use chrono::TimeDelta;
 use serde_json::{Value, json};
 
-use crate::both_backends;
 use crate::helpers::{Db, Options, TestApp, opposite_orders, subjects};
+use crate::{both_backends, postgres_only};
 
 /// The examples without the seasonal campaign, whose December send would add mail to long
 /// clock jumps.
@@ -495,6 +495,49 @@ async fn a_recompute_over_many_batches_evaluates_each_contact_once(db: Db) {
     app.finish().await;
 }
 both_backends!(a_recompute_over_many_batches_evaluates_each_contact_once);
+
+/// A finished recompute leaves PostgreSQL statistics of what it wrote, so plans cached while
+/// the tables were nearly empty are made again for their real size.
+async fn a_recompute_leaves_fresh_planner_statistics() {
+    let app = app(Db::Postgres).await;
+    let db = sqlx::PgPool::connect(&app.db.url).await.expect("connect");
+    let analyzed = || async {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT relname::text FROM pg_stat_user_tables
+             WHERE last_analyze IS NOT NULL ORDER BY relname",
+        )
+        .fetch_all(&db)
+        .await
+        .expect("statistics");
+        rows.into_iter().map(|(t,)| t).collect::<Vec<_>>()
+    };
+    assert_eq!(analyzed().await, Vec::<String>::new(), "none before");
+    import_buyers(&app, 600).await;
+    app.run_due().await;
+    assert_eq!(
+        analyzed().await,
+        ["contacts", "events", "segment_due", "segment_members"]
+    );
+    // The statistics know the size the recompute left.
+    let (members,): (f32,) =
+        sqlx::query_as("SELECT reltuples FROM pg_class WHERE relname = 'segment_members'")
+            .fetch_one(&db)
+            .await
+            .expect("reltuples");
+    let (status, body) = app.get("/v1/segments").await;
+    assert_eq!(status, 200, "{body}");
+    let sizes: i64 = body["segments"]
+        .as_array()
+        .expect("segments")
+        .iter()
+        .filter_map(|s| s["size"].as_i64())
+        .sum();
+    assert!(sizes >= 600, "every buyer is in a segment: {body}");
+    assert_eq!(members as i64, sizes);
+    db.close().await;
+    app.finish().await;
+}
+postgres_only!(a_recompute_leaves_fresh_planner_statistics);
 
 /// Orders posted at once for one contact all count: each event's profile update starts from
 /// the profile the one before it stored (on PostgreSQL the contact row is locked before it is
