@@ -583,7 +583,7 @@ async fn sweep_in_group(core: &Core, due: Vec<String>, now: DateTime<Utc>) -> Re
 
 /// Re-evaluates the due contacts `due` in `tx`; those that no longer exist are no longer due.
 async fn sweep_batch(tx: &mut Tx, core: &Core, due: &[String], now: DateTime<Utc>) -> Result<()> {
-    tx.plan_for_values().await?;
+    tx.plan_for_batches().await?;
     let ids: Vec<&str> = due.iter().map(String::as_str).collect();
     let contacts = tx.lock_and_get_contacts(&ids).await?;
     let gone: Vec<(&str, Option<DateTime<Utc>>)> = ids
@@ -803,7 +803,7 @@ async fn range_batch(
 ) -> Result<Option<Outcome>> {
     let now = core.clock.now();
     let mut tx = core.store.write().await?;
-    tx.plan_for_values().await?;
+    tx.plan_for_batches().await?;
     let contacts = tx.lock_contacts_in(from, to).await?;
     let (decisions, _) = decide_batch(&mut tx, core, &contacts, true, now).await?;
     store(&mut tx, core, &decisions, Cause::Recompute, now).await?;
@@ -1119,7 +1119,7 @@ async fn rescore_locked(core: &Core, scoring: &Arc<Scoring>, now: DateTime<Utc>)
                 let scoring = Arc::clone(&scoring);
                 let from = from.clone();
                 Box::pin(async move {
-                    tx.plan_for_values().await?;
+                    tx.plan_for_batches().await?;
                     let page = tx.lock_purchasers_after(&from, BATCH as i64).await?;
                     let Some(last) = page.last() else {
                         return Ok(None);

@@ -539,6 +539,30 @@ async fn a_recompute_leaves_fresh_planner_statistics() {
 }
 postgres_only!(a_recompute_leaves_fresh_planner_statistics);
 
+/// A batch transaction plans by index and for its values, and only that transaction does.
+async fn batch_transactions_plan_by_index() {
+    let app = app(Db::Postgres).await;
+    let mut tx = app.core.store.write().await.expect("write");
+    tx.plan_for_batches().await.expect("plan for batches");
+    assert_eq!(setting(&mut tx, "enable_seqscan").await, "off");
+    assert_eq!(
+        setting(&mut tx, "plan_cache_mode").await,
+        "force_custom_plan"
+    );
+    tx.commit().await.expect("commit");
+    let mut tx = app.core.store.write().await.expect("write");
+    assert_eq!(setting(&mut tx, "enable_seqscan").await, "on");
+    assert_eq!(setting(&mut tx, "plan_cache_mode").await, "auto");
+    tx.commit().await.expect("commit");
+    app.finish().await;
+}
+postgres_only!(batch_transactions_plan_by_index);
+
+async fn setting(tx: &mut herald::store::Tx, name: &str) -> String {
+    let q = herald::store::Sql::new(format!("SELECT current_setting('{name}')"));
+    tx.one::<(String,)>(q).await.expect("setting").0
+}
+
 /// Orders posted at once for one contact all count: each event's profile update starts from
 /// the profile the one before it stored (on PostgreSQL the contact row is locked before it is
 /// read, not after).
