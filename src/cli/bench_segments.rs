@@ -83,8 +83,9 @@ pub struct Args {
     contacts: usize,
     #[arg(long, default_value_t = 10_000_000)]
     events: usize,
-    /// Single-event ingests timed for the incremental cost.
-    #[arg(long, default_value_t = 2000)]
+    /// Single-event ingests timed for the incremental cost (at least one).
+    #[arg(long, default_value_t = 2000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     samples: usize,
     /// Simulated hours swept after the recompute.
     #[arg(long, default_value_t = 24)]

@@ -405,15 +405,18 @@ impl Tx {
     /// Appended to a `SELECT` whose rows are read to be written back: PostgreSQL locks them
     /// until the transaction ends; SQLite's write transactions are serialized already.
     /// Statements of this transaction read and write batches of contacts by key: PostgreSQL
-    /// plans each one for the values it is given (not a plan cached for another batch size)
-    /// and by index. A bulk job fills tables faster than autovacuum analyzes them, and without
-    /// statistics PostgreSQL guesses what share of a table a batch of keys selects: it planned
-    /// reads of 500 contacts' memberships as scans of the whole table, and a full recompute of
-    /// 1M contacts took 275 s instead of about 100.
+    /// plans each one for the values it is given (not a plan cached for another batch size),
+    /// by index, and without parallel workers. A bulk job fills tables faster than autovacuum
+    /// analyzes them, and without statistics PostgreSQL guesses what share of a table a batch
+    /// of keys selects: it planned reads of 500 contacts' memberships as scans of the whole
+    /// table, and a full recompute of 1M contacts took 275 s instead of about 150. Workers
+    /// cost more to start than such a read takes (15–19 ms with two, 9.5 ms without, for a
+    /// batch's events at 1M), and the job runs two batches side by side already.
     pub async fn plan_for_batches(&mut self) -> Result<()> {
         if let Tx::Postgres(t) = self {
             sqlx::raw_sql(
-                "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_seqscan = off",
+                "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_seqscan = off;
+                 SET LOCAL max_parallel_workers_per_gather = 0",
             )
             .execute(&mut **t)
             .await?;

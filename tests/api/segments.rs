@@ -539,7 +539,8 @@ async fn a_recompute_leaves_fresh_planner_statistics() {
 }
 postgres_only!(a_recompute_leaves_fresh_planner_statistics);
 
-/// A batch transaction plans by index and for its values, and only that transaction does.
+/// A batch transaction plans by index, for its values and without parallel workers, and only
+/// that transaction does.
 async fn batch_transactions_plan_by_index() {
     let app = app(Db::Postgres).await;
     let mut tx = app.core.store.write().await.expect("write");
@@ -548,6 +549,10 @@ async fn batch_transactions_plan_by_index() {
     assert_eq!(
         setting(&mut tx, "plan_cache_mode").await,
         "force_custom_plan"
+    );
+    assert_eq!(
+        setting(&mut tx, "max_parallel_workers_per_gather").await,
+        "0"
     );
     tx.commit().await.expect("commit");
     let mut tx = app.core.store.write().await.expect("write");
