@@ -1105,48 +1105,68 @@ fn rescore(scoring: &Scoring, id: &str, stored: &Value) -> Option<(Value, i64)> 
     (new != *stored).then_some((new, profile.purchase.orders))
 }
 
-/// PostgreSQL: each page of purchasers is read locked, rescored and written back in one
-/// grouped write. Returns how many profiles changed.
+/// PostgreSQL: the scored purchasers in pages of `BATCH` by id, each read locked, rescored and
+/// written back in a transaction of its own, two pages side by side (a page is mostly server
+/// time, as a recompute batch is). Returns how many profiles changed.
 async fn rescore_locked(core: &Core, scoring: &Arc<Scoring>, now: DateTime<Utc>) -> Result<usize> {
-    let mut cursor = String::new();
+    // Each page ends at a scored purchaser; who first ordered since is not scored yet.
+    let ends: Vec<String> = scoring
+        .purchasers
+        .chunks(BATCH)
+        .filter_map(|page| page.last().map(|p| p.contact_id.clone()))
+        .collect();
     let mut rescored = 0;
-    loop {
-        let scoring = Arc::clone(scoring);
-        let from = cursor.clone();
-        let next = core
-            .group
-            .run(core, &core.store, move |_, tx| {
-                let scoring = Arc::clone(&scoring);
-                let from = from.clone();
-                Box::pin(async move {
-                    tx.plan_for_batches().await?;
-                    let page = tx.lock_purchasers_after(&from, BATCH as i64).await?;
-                    let Some(last) = page.last() else {
-                        return Ok(None);
-                    };
-                    let changed: Vec<(&str, Value, i64)> = page
-                        .iter()
-                        .filter_map(|(id, old)| {
-                            rescore(&scoring, id, &old.0).map(|(new, n)| (id.as_str(), new, n))
-                        })
-                        .collect();
-                    let rows: Vec<(&str, &Value, i64)> =
-                        changed.iter().map(|(id, p, n)| (*id, p, *n)).collect();
-                    tx.store_profiles(&rows).await?;
-                    // Due, so the sweep re-evaluates their segments.
-                    let due: Vec<(&str, Option<DateTime<Utc>>)> =
-                        rows.iter().map(|(id, ..)| (*id, Some(now))).collect();
-                    tx.set_segment_dues(&due).await?;
-                    Ok(Some((last.0.clone(), rows.len())))
-                })
-            })
-            .await?;
-        let Some((next, changed)) = next else {
-            return Ok(rescored);
+    let mut from = String::new();
+    for pair in ends.chunks(2) {
+        let second = async {
+            match pair {
+                [middle, to] => rescore_page(core, scoring, middle, to, now).await,
+                _ => Ok(0),
+            }
         };
-        rescored += changed;
-        cursor = next;
+        let (first, second) =
+            tokio::join!(rescore_page(core, scoring, &from, &pair[0], now), second);
+        rescored += first? + second?;
+        from.clone_from(&pair[pair.len() - 1]);
     }
+    Ok(rescored)
+}
+
+/// Rescores the purchasers with ids after `from` and up to `to` in one write transaction.
+async fn rescore_page(
+    core: &Core,
+    scoring: &Arc<Scoring>,
+    from: &str,
+    to: &str,
+    now: DateTime<Utc>,
+) -> Result<usize> {
+    let scoring = Arc::clone(scoring);
+    let (from, to) = (from.to_owned(), to.to_owned());
+    core.group
+        .run(core, &core.store, move |_, tx| {
+            let scoring = Arc::clone(&scoring);
+            let (from, to) = (from.clone(), to.clone());
+            Box::pin(async move {
+                tx.plan_for_batches().await?;
+                let page = tx.lock_purchasers_in(&from, &to).await?;
+                let changed: Vec<(&str, Value, i64)> = page
+                    .iter()
+                    .filter_map(|(id, old)| {
+                        rescore(&scoring, id, &old.0).map(|(new, n)| (id.as_str(), new, n))
+                    })
+                    .collect();
+                let rows: Vec<(&str, &Value, i64)> =
+                    changed.iter().map(|(id, p, n)| (*id, p, *n)).collect();
+                // Due, so the sweep re-evaluates their segments.
+                let due: Vec<(&str, Option<DateTime<Utc>>)> =
+                    rows.iter().map(|(id, ..)| (*id, Some(now))).collect();
+                let mut writes = tx.profile_writes(&rows);
+                writes.extend(tx.due_writes(&due));
+                tx.run_all(writes).await?;
+                Ok(rows.len())
+            })
+        })
+        .await
 }
 
 /// SQLite: each page of purchasers is read and rescored on a reader connection while the

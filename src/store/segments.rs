@@ -626,16 +626,20 @@ impl Tx {
         self.purchasers_page(cursor, limit, "").await
     }
 
-    /// [`Tx::purchasers_after`], each row locked (PostgreSQL) until the transaction ends, for a
-    /// profile that is written back: a concurrent event's update of it waits instead of being
-    /// overwritten.
-    pub async fn lock_purchasers_after(
+    /// Purchasers with ids after `from` and up to `to`, in id order, each row locked
+    /// (PostgreSQL) until the transaction ends, for a profile that is written back: a
+    /// concurrent event's update of it waits instead of being overwritten.
+    pub async fn lock_purchasers_in(
         &mut self,
-        cursor: &str,
-        limit: i64,
+        from: &str,
+        to: &str,
     ) -> Result<Vec<(String, Json<Value>)>> {
-        let lock = self.row_lock();
-        self.purchasers_page(cursor, limit, lock).await
+        let sql = format!(
+            "SELECT id, profile FROM contacts WHERE orders > 0 AND id > $1 AND id <= $2
+             ORDER BY id{}",
+            self.row_lock()
+        );
+        self.all(Sql::new(sql).arg(from).arg(to)).await
     }
 
     /// [`Tx::purchasers_after`] with each profile as the text it is stored as, for
