@@ -675,20 +675,22 @@ pub async fn tick_refresh(core: &Core) -> Result<bool> {
     Ok(queued)
 }
 
-/// What a recompute or refresh rewrites in bulk.
-const BULK_TABLES: &[&str] = &["contacts", "events", "segment_members", "segment_due"];
+/// What a recompute rewrites in bulk.
+const RECOMPUTED_TABLES: &[&str] = &["contacts", "events", "segment_members", "segment_due"];
+/// What a population refresh rewrites in bulk.
+const REFRESHED_TABLES: &[&str] = &["contacts", "segment_due"];
 
 /// Runs a recompute or refresh job.
 pub async fn run_job(core: &Core, job: &Job) -> Result<Outcome> {
-    let outcome = match job.kind.as_str() {
-        RECOMPUTE_JOB => recompute(core, job).await?,
-        _ => refresh_population(core, job).await?,
+    let (outcome, rewritten) = match job.kind.as_str() {
+        RECOMPUTE_JOB => (recompute(core, job).await?, RECOMPUTED_TABLES),
+        _ => (refresh_population(core, job).await?, REFRESHED_TABLES),
     };
     if matches!(outcome, Outcome::Done) {
         // Its hundreds of thousands of rows are in the WAL: copied now, they are not left to
         // the commits of the next events.
         core.store.catch_up_checkpoints().await;
-        core.store.analyze(BULK_TABLES).await?;
+        core.store.analyze(rewritten).await?;
     }
     Ok(outcome)
 }

@@ -9,18 +9,8 @@ use super::{Backend, Contact, Event, Result, Tx};
 impl Tx {
     /// Stores the event unless one with the same id exists; answers whether it was new.
     pub async fn insert_event(&mut self, event: &Event) -> Result<bool> {
-        let done = self.run(
-            Sql::new("INSERT INTO events (id, contact_id, name, properties, occurred_at, received_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING")
-            .arg(&event.id)
-            .arg(&event.contact_id)
-            .arg(&event.name)
-            .arg(&event.properties)
-            .arg(event.occurred_at)
-            .arg(event.received_at),
-        )
-        .await?;
-        Ok(done == 1)
+        let q = self.event_insert(std::slice::from_ref(event));
+        Ok(self.run(q).await? == 1)
     }
 
     /// Reads the event's contact, locked as [`Tx::lock_and_get_contact`] locks when `lock`,

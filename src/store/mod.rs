@@ -402,8 +402,6 @@ impl Tx {
         }
     }
 
-    /// Appended to a `SELECT` whose rows are read to be written back: PostgreSQL locks them
-    /// until the transaction ends; SQLite's write transactions are serialized already.
     /// Statements of this transaction read and write batches of contacts by key: PostgreSQL
     /// plans each one for the values it is given (not a plan cached for another batch size),
     /// by index, and without parallel workers. A bulk job fills tables faster than autovacuum
@@ -424,6 +422,8 @@ impl Tx {
         Ok(())
     }
 
+    /// Appended to a `SELECT` whose rows are read to be written back: PostgreSQL locks them
+    /// until the transaction ends; SQLite's write transactions are serialized already.
     pub(crate) fn row_lock(&self) -> &'static str {
         match self.backend() {
             Backend::Sqlite => "",
