@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use serde_json::{Value, json};
 use sqlx::types::Json;
 
@@ -20,8 +22,8 @@ use crate::core::Core;
 use crate::scheduler::{page_cursor, turn_page};
 use crate::store::direct::Direct;
 use crate::store::{
-    Backend, Contact, Event, FactRead, FactRow, Job, Membership, Result, StoreError, Tx, earliest,
-    job_status,
+    Backend, Contact, Event, FactRead, FactRow, Ids, Job, Membership, Result, StoreError, Tx,
+    earliest, job_status,
 };
 use crate::workflow::engine::Outcome;
 use crate::workflow::timing::{next_cron, parse_cron};
@@ -31,6 +33,8 @@ use crate::workflow::trigger::{contact_view, on_event as journeys_on_event};
 const BATCH: usize = 500;
 /// Purchasers read per page when scoring the population.
 const PAGE: i64 = 5000;
+/// Recompute batches in flight at once on PostgreSQL.
+const IN_FLIGHT: usize = 3;
 pub const RECOMPUTE_JOB: &str = "segment_recompute";
 pub const REFRESH_JOB: &str = "profile_refresh";
 const THRESHOLD_KEY: &str = "profile.high_value_threshold";
@@ -371,7 +375,7 @@ async fn store<D: Borrow<Decision>>(
     }
     writes.extend(tx.remove_members(&removed));
     writes.extend(tx.add_members(&added, now));
-    writes.extend(tx.event_imports(&events));
+    writes.extend(tx.event_imports(&events, Ids::Fresh));
     let dues: Vec<(&str, Option<DateTime<Utc>>)> = decisions()
         .map(|d| (d.contact.id.as_str(), d.due))
         .collect();
@@ -700,7 +704,7 @@ pub async fn run_job(core: &Core, job: &Job) -> Result<Outcome> {
 async fn recompute(core: &Core, job: &Job) -> Result<Outcome> {
     match core.store.backend() {
         Backend::Sqlite => recompute_read_ahead(core, job).await,
-        Backend::Postgres => recompute_in_pairs(core, job).await,
+        Backend::Postgres => recompute_in_flight(core, job).await,
     }
 }
 
@@ -740,55 +744,40 @@ async fn recompute_read_ahead(core: &Core, job: &Job) -> Result<Outcome> {
     }
 }
 
-/// PostgreSQL: two batches at a time, each read, decided and stored in a transaction of its
-/// own, so the server works on both at once (one batch is mostly server time). Each covers a
-/// fixed range of ids; the second turns the page only after the first committed, so the
-/// stored cursor never passes a batch that did not land.
-async fn recompute_in_pairs(core: &Core, job: &Job) -> Result<Outcome> {
-    let mut payload = job.payload.0.clone();
+/// PostgreSQL: several batches in flight, each read, decided and stored in a transaction of
+/// its own, so the server works on one while another waits on a commit or on Herald (one batch
+/// is mostly server time). A batch covers a fixed range of ids and starts as soon as the oldest
+/// in flight is done, not when a whole group is; each turns the page only after the one before
+/// committed, so the stored cursor never passes a batch that did not land.
+async fn recompute_in_flight(core: &Core, job: &Job) -> Result<Outcome> {
+    let mut cursor = page_cursor(&job.payload.0).to_owned();
+    let mut in_flight = FuturesOrdered::new();
+    let mut before: Option<tokio::sync::oneshot::Receiver<()>> = None;
+    let mut last_queued = false;
     loop {
-        let start = page_cursor(&payload).to_owned();
-        let mut tx = core.store.read().await?;
-        let first_end = tx.page_end(&start, BATCH).await?;
-        let second_end = match &first_end {
-            Some(end) => tx.page_end(end, BATCH).await?,
-            None => None,
-        };
-        tx.commit().await?;
-        let Some(middle) = first_end else {
-            return Ok(
-                range_batch(core, job, &mut payload, (&start, None), None, None)
-                    .await?
-                    .unwrap_or(Outcome::Done),
-            );
-        };
-        let (first_done, after_first) = tokio::sync::oneshot::channel();
-        let mut second_payload = payload.clone();
-        let (first, second) = tokio::join!(
-            range_batch(
-                core,
-                job,
-                &mut payload,
-                (&start, Some(&middle)),
-                None,
-                Some(first_done),
-            ),
-            range_batch(
-                core,
-                job,
-                &mut second_payload,
-                (&middle, second_end.as_deref()),
-                Some(after_first),
-                None,
-            ),
-        );
-        if let Some(outcome) = first? {
-            return Ok(outcome);
+        while !last_queued && in_flight.len() < IN_FLIGHT {
+            let mut tx = core.store.read().await?;
+            let end = tx.page_end(&cursor, BATCH).await?;
+            tx.commit().await?;
+            let (done, after_this) = tokio::sync::oneshot::channel();
+            let after = before.replace(after_this);
+            let from = std::mem::replace(&mut cursor, end.clone().unwrap_or_default());
+            last_queued = end.is_none();
+            let mut payload = job.payload.0.clone();
+            in_flight.push_back(async move {
+                let range = (from.as_str(), end.as_deref());
+                range_batch(core, job, &mut payload, range, after, Some(done)).await
+            });
         }
-        if let Some(outcome) = second? {
-            return Ok(outcome);
+        match in_flight.next().await {
+            Some(batch) => {
+                if let Some(outcome) = batch? {
+                    return Ok(outcome);
+                }
+            }
+            // Only when the job had no contacts left to page through.
+            None => return Ok(Outcome::Done),
         }
-        payload = second_payload;
     }
 }
 

@@ -6,10 +6,20 @@ use sqlx::{AssertSqlSafe, FromRow, Row};
 use super::direct::{List, Params, Sql, raw_json, texts};
 use super::{Backend, Contact, Event, Result, Tx};
 
+/// Where stored events' ids come from.
+#[derive(Clone, Copy)]
+pub enum Ids {
+    /// From the client or an import: an id stored before means the same event again.
+    Given,
+    /// Made here (UUID v7) for events Herald emits: they cannot collide, so the insert skips the
+    /// conflict check, which costs PostgreSQL 1.6× a plain insert per row.
+    Fresh,
+}
+
 impl Tx {
     /// Stores the event unless one with the same id exists; answers whether it was new.
     pub async fn insert_event(&mut self, event: &Event) -> Result<bool> {
-        let q = self.event_insert(std::slice::from_ref(event));
+        let q = self.event_insert(std::slice::from_ref(event), Ids::Given);
         Ok(self.run(q).await? == 1)
     }
 
@@ -62,17 +72,22 @@ impl Tx {
         if events.is_empty() {
             return Ok(0);
         }
-        let q = self.event_insert(events);
+        let q = self.event_insert(events, Ids::Given);
         self.run(q).await
     }
 
-    /// [`Tx::insert_events`]' statement.
-    pub(super) fn event_insert(&self, events: &[Event]) -> Sql {
+    /// [`Tx::insert_events`]' statement. With [`Ids::Given`] an event whose id is stored
+    /// already is skipped.
+    pub(super) fn event_insert(&self, events: &[Event], ids: Ids) -> Sql {
+        let on_conflict = match ids {
+            Ids::Given => "ON CONFLICT (id) DO NOTHING",
+            Ids::Fresh => "",
+        };
         match self.backend() {
             Backend::Sqlite => {
                 let sql = format!(
                     "INSERT INTO events (id, contact_id, name, properties, occurred_at, received_at)
-                     VALUES {} ON CONFLICT (id) DO NOTHING",
+                     VALUES {} {on_conflict}",
                     Params::new(self.backend()).rows(events.len(), 6)
                 );
                 let mut q = Sql::new(sql);
@@ -88,12 +103,12 @@ impl Tx {
                 q
             }
             // Arrays: one statement text (and one prepared statement) for any number of events.
-            Backend::Postgres => Sql::new(
+            Backend::Postgres => Sql::new(format!(
                 "INSERT INTO events (id, contact_id, name, properties, occurred_at, received_at)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[],
                                       $5::timestamptz[], $6::timestamptz[])
-                 ON CONFLICT (id) DO NOTHING",
-            )
+                 {on_conflict}"
+            ))
             .arg(texts(events.iter().map(|e| e.id.as_str())))
             .arg(texts(events.iter().map(|e| e.contact_id.as_str())))
             .arg(texts(events.iter().map(|e| e.name.as_str())))

@@ -28,6 +28,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
 pub use direct::Sql;
+pub use events::Ids;
 pub use group::{GroupCommit, TxFuture};
 pub use jobs::{NextDue, earliest};
 pub use models::*;

@@ -566,6 +566,31 @@ async fn batch_transactions_plan_by_index() {
 }
 postgres_only!(batch_transactions_plan_by_index);
 
+/// Every text column compares bytewise, as on SQLite: under a libc locale each index
+/// comparison would go through strcoll, and two columns of different collations cannot be
+/// compared at all, so a later migration's column without `COLLATE "C"` fails here.
+async fn every_text_column_compares_bytewise() {
+    let app = app(Db::Postgres).await;
+    let mut tx = app.core.store.write().await.expect("write");
+    let q = herald::store::Sql::new(
+        "SELECT table_name || '.' || column_name FROM information_schema.columns
+         WHERE table_schema = current_schema() AND data_type = 'text'
+           AND table_name <> '_sqlx_migrations'
+           AND collation_name IS DISTINCT FROM 'C'",
+    );
+    let other: Vec<(String,)> = tx.all(q).await.expect("columns");
+    assert!(other.is_empty(), "columns not collated \"C\": {other:?}");
+    let q = herald::store::Sql::new(
+        "SELECT count(*) FROM information_schema.columns
+         WHERE table_schema = current_schema() AND collation_name = 'C'",
+    );
+    let (bytewise,): (i64,) = tx.one(q).await.expect("count");
+    assert!(bytewise > 50, "only {bytewise} text columns found");
+    tx.commit().await.expect("commit");
+    app.finish().await;
+}
+postgres_only!(every_text_column_compares_bytewise);
+
 async fn setting(tx: &mut herald::store::Tx, name: &str) -> String {
     let q = herald::store::Sql::new(format!("SELECT current_setting('{name}')"));
     tx.one::<(String,)>(q).await.expect("setting").0
