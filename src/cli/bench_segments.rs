@@ -146,7 +146,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::scheduler::run_due(&core).await?;
     let took = started.elapsed();
     println!(
-        "full recompute (profiles, 10 segments, then RFM refresh): {:.1} s ({:.0} contacts/s)",
+        "full recompute (profiles with RFM scores, 10 segments): {:.1} s ({:.0} contacts/s)",
         took.as_secs_f64(),
         args.contacts as f64 / took.as_secs_f64()
     );

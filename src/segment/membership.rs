@@ -400,17 +400,25 @@ async fn store<D: Borrow<Decision>>(
     Ok(())
 }
 
-/// Re-evaluates `contacts` in one transaction. With `rebuild`, profiles are recomputed from
-/// the stored events instead of taken as stored.
+/// How a batch takes its contacts' profiles.
+#[derive(Clone, Copy)]
+enum Profiles<'a> {
+    /// As stored.
+    Stored,
+    /// Rebuilt from the stored events, with the scores of this population scoring.
+    Rebuilt(&'a Scoring),
+}
+
+/// Re-evaluates `contacts` in one transaction.
 async fn evaluate_batch(
     tx: &mut Tx,
     core: &Core,
     contacts: &[Contact],
-    rebuild: bool,
+    profiles: Profiles<'_>,
     cause: Cause,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let (decisions, _) = decide_batch(tx, core, contacts, rebuild, now).await?;
+    let (decisions, _) = decide_batch(tx, core, contacts, profiles, now).await?;
     store(tx, core, &decisions, cause, now).await
 }
 
@@ -420,16 +428,20 @@ async fn decide_batch(
     tx: &mut Tx,
     core: &Core,
     contacts: &[Contact],
-    rebuild: bool,
+    profiles: Profiles<'_>,
     now: DateTime<Utc>,
 ) -> Result<(Vec<Decision>, HashMap<String, BTreeSet<String>>)> {
     let ids: Vec<String> = contacts.iter().map(|c| c.id.clone()).collect();
+    let rebuild = matches!(profiles, Profiles::Rebuilt(_));
     let reads = fact_reads(core, rebuild, now);
     let (facts, members) = tx.facts_and_members(&ids, &as_reads(&reads)).await?;
     let mut facts = group_facts(facts);
     let members = by_contact(members);
     let sends = tx.sent_counts(&ids).await?;
-    let high_value = threshold(tx, core).await?;
+    let high_value = match profiles {
+        Profiles::Stored => threshold(tx, core).await?,
+        Profiles::Rebuilt(scoring) => scoring.threshold,
+    };
     let (tiers, engaged, stages) = if rebuild {
         let tiers = core.profile_rules.stage_tiers();
         let names: Vec<&[&str]> = tiers.iter().map(|(_, names)| names.as_slice()).collect();
@@ -445,14 +457,19 @@ async fn decide_batch(
             events: facts.remove(&contact.id).unwrap_or_default(),
             members: members.get(&contact.id).cloned().unwrap_or_default(),
         };
-        let profile = if rebuild {
-            let reached = Reached {
-                last_engaged_at: engaged.get(&contact.id).copied(),
-                stage: stages.get(&contact.id).map(|&i| tiers[i].0),
-            };
-            rebuild_profile(core, contact, &state.events, reached)
-        } else {
-            Profile::from_json(&contact.profile.0)
+        let profile = match profiles {
+            Profiles::Rebuilt(scoring) => {
+                let reached = Reached {
+                    last_engaged_at: engaged.get(&contact.id).copied(),
+                    stage: stages.get(&contact.id).map(|&i| tiers[i].0),
+                };
+                let mut profile = rebuild_profile(core, contact, &state.events, reached);
+                if let Some(rfm) = scoring.of(&contact.id) {
+                    profile.rfm = Some(rfm.clone());
+                }
+                profile
+            }
+            Profiles::Stored => Profile::from_json(&contact.profile.0),
         };
         let sent = sends.get(&contact.id).copied().unwrap_or(0);
         decisions.push(decide(
@@ -600,7 +617,7 @@ async fn sweep_batch(tx: &mut Tx, core: &Core, due: &[String], now: DateTime<Utc
         .map(|id| (*id, None))
         .collect();
     tx.set_segment_dues(&gone).await?;
-    evaluate_batch(tx, core, &contacts, false, Cause::Sweep, now).await
+    evaluate_batch(tx, core, &contacts, Profiles::Stored, Cause::Sweep, now).await
 }
 
 fn job(kind: &str, now: DateTime<Utc>, max_attempts: i64) -> Job {
@@ -702,17 +719,18 @@ pub async fn run_job(core: &Core, job: &Job) -> Result<Outcome> {
 /// Recomputes every contact's profile and memberships, one batch per transaction with the
 /// cursor stored alongside, then queues a population refresh.
 async fn recompute(core: &Core, job: &Job) -> Result<Outcome> {
+    let scoring = Arc::new(score_orders(core).await?);
     match core.store.backend() {
-        Backend::Sqlite => recompute_read_ahead(core, job).await,
-        Backend::Postgres => recompute_in_flight(core, job).await,
+        Backend::Sqlite => recompute_read_ahead(core, job, scoring).await,
+        Backend::Postgres => recompute_in_flight(core, job, &scoring).await,
     }
 }
 
 /// SQLite: the next batch is read and decided on a reader connection while the writer stores
 /// the current one (see [`Ahead`]).
-async fn recompute_read_ahead(core: &Core, job: &Job) -> Result<Outcome> {
+async fn recompute_read_ahead(core: &Core, job: &Job, scoring: Arc<Scoring>) -> Result<Outcome> {
     let mut payload = job.payload.0.clone();
-    let mut batch = Ahead::read(core, page_cursor(&payload)).await?;
+    let mut batch = Ahead::read(core, &scoring, page_cursor(&payload)).await?;
     loop {
         // Only a full batch can have one after it.
         let last = (batch.contacts.len() == BATCH)
@@ -720,7 +738,7 @@ async fn recompute_read_ahead(core: &Core, job: &Job) -> Result<Outcome> {
             .flatten();
         let read_next = async {
             match last {
-                Some(last) => Ahead::read(core, &last).await.map(Some),
+                Some(last) => Ahead::read(core, &scoring, &last).await.map(Some),
                 None => Ok(None),
             }
         };
@@ -749,7 +767,7 @@ async fn recompute_read_ahead(core: &Core, job: &Job) -> Result<Outcome> {
 /// is mostly server time). A batch covers a fixed range of ids and starts as soon as the oldest
 /// in flight is done, not when a whole group is; each turns the page only after the one before
 /// committed, so the stored cursor never passes a batch that did not land.
-async fn recompute_in_flight(core: &Core, job: &Job) -> Result<Outcome> {
+async fn recompute_in_flight(core: &Core, job: &Job, scoring: &Scoring) -> Result<Outcome> {
     let mut cursor = page_cursor(&job.payload.0).to_owned();
     let mut in_flight = FuturesOrdered::new();
     let mut before: Option<tokio::sync::oneshot::Receiver<()>> = None;
@@ -766,7 +784,7 @@ async fn recompute_in_flight(core: &Core, job: &Job) -> Result<Outcome> {
             let mut payload = job.payload.0.clone();
             in_flight.push_back(async move {
                 let range = (from.as_str(), end.as_deref());
-                range_batch(core, job, &mut payload, range, after, Some(done)).await
+                range_batch(core, job, scoring, &mut payload, range, after, Some(done)).await
             });
         }
         match in_flight.next().await {
@@ -787,6 +805,7 @@ async fn recompute_in_flight(core: &Core, job: &Job) -> Result<Outcome> {
 async fn range_batch(
     core: &Core,
     job: &Job,
+    scoring: &Scoring,
     payload: &mut Value,
     (from, to): (&str, Option<&str>),
     after: Option<tokio::sync::oneshot::Receiver<()>>,
@@ -796,7 +815,8 @@ async fn range_batch(
     let mut tx = core.store.write().await?;
     tx.plan_for_batches().await?;
     let contacts = tx.lock_contacts_in(from, to).await?;
-    let (decisions, _) = decide_batch(&mut tx, core, &contacts, true, now).await?;
+    let profiles = Profiles::Rebuilt(scoring);
+    let (decisions, _) = decide_batch(&mut tx, core, &contacts, profiles, now).await?;
     store(&mut tx, core, &decisions, Cause::Recompute, now).await?;
     if let Some(after) = after
         && after.await.is_err()
@@ -806,7 +826,8 @@ async fn range_batch(
         return Ok(Some(Outcome::LeaseLost));
     }
     let last = to.or(contacts.last().map(|c| c.id.as_str()));
-    let over = end_batch(tx, core, job, payload, last, to.is_some(), now).await?;
+    let finish = to.is_none().then_some(scoring);
+    let over = end_batch(tx, core, job, payload, last, finish, now).await?;
     if let Some(done) = done {
         // Nobody waits when the batch after has failed already.
         let _ = done.send(());
@@ -814,44 +835,29 @@ async fn range_batch(
     Ok(over)
 }
 
-/// Stores a recompute batch's decisions and ends its write transaction (see [`end_batch`]).
-async fn store_batch<D: Borrow<Decision>>(
-    mut tx: Tx,
-    core: &Core,
-    job: &Job,
-    payload: &mut Value,
-    contacts: &[Contact],
-    decisions: &[D],
-    now: DateTime<Utc>,
-) -> Result<Option<Outcome>> {
-    store(&mut tx, core, decisions, Cause::Recompute, now).await?;
-    let last = contacts.last().map(|c| c.id.as_str());
-    end_batch(tx, core, job, payload, last, contacts.len() == BATCH, now).await
-}
-
 /// Ends a recompute batch's write transaction: renews the lease with the cursor moved past
-/// `last`, and when no batch comes after (`more` false) finishes the job and queues a
-/// population refresh. `Some` when the job is over.
+/// `last`, and when no batch comes after (`finish` is the job's scoring) records the scoring
+/// and finishes the job: the recompute has scored every purchaser, so no refresh follows.
+/// `Some` when the job is over.
 async fn end_batch(
     mut tx: Tx,
     core: &Core,
     job: &Job,
     payload: &mut Value,
     last: Option<&str>,
-    more: bool,
+    finish: Option<&Scoring>,
     now: DateTime<Utc>,
 ) -> Result<Option<Outcome>> {
     if !turn_page(&mut tx, core, job, payload, last, now).await? {
         tx.rollback().await?;
         return Ok(Some(Outcome::LeaseLost));
     }
-    if more {
+    let Some(scoring) = finish else {
         tx.commit().await?;
         return Ok(None);
-    }
+    };
+    record_scoring(&mut tx, scoring).await?;
     tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
-        .await?;
-    tx.insert_job(&self::job(REFRESH_JOB, now, core.max_attempts))
         .await?;
     tx.commit().await?;
     core.wake_scheduler();
@@ -896,6 +902,7 @@ macro_rules! on_reader {
 /// that contact decided anew there: a newer event (events are numbered in the order they are
 /// stored), a changed contact row or profile, or a changed membership.
 struct Ahead {
+    scoring: Arc<Scoring>,
     contacts: Vec<Contact>,
     decisions: Vec<Decision>,
     members: HashMap<String, BTreeSet<String>>,
@@ -907,17 +914,27 @@ struct Ahead {
 impl Ahead {
     /// Reads on a reader connection (see `on_reader!`): a batch reads tens of thousands of
     /// rows.
-    async fn read(core: &Core, cursor: &str) -> Result<Ahead> {
+    async fn read(core: &Core, scoring: &Arc<Scoring>, cursor: &str) -> Result<Ahead> {
         let now = core.clock.now();
-        on_reader!(core, |tx| Ahead::read_in(tx, core, cursor, now).await).await
+        on_reader!(core, |tx| Ahead::read_in(tx, core, scoring, cursor, now)
+            .await)
+        .await
     }
 
-    async fn read_in(tx: &mut Tx, core: &Core, cursor: &str, now: DateTime<Utc>) -> Result<Ahead> {
+    async fn read_in(
+        tx: &mut Tx,
+        core: &Core,
+        scoring: &Arc<Scoring>,
+        cursor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Ahead> {
         // Only on SQLite (see `recompute`), where events are numbered.
         let events_seen = tx.newest_event_number().await?.unwrap_or_default();
         let contacts = tx.contacts_after(cursor, BATCH as i64, false).await?;
-        let (decisions, members) = decide_batch(tx, core, &contacts, true, now).await?;
+        let profiles = Profiles::Rebuilt(scoring);
+        let (decisions, members) = decide_batch(tx, core, &contacts, profiles, now).await?;
         Ok(Ahead {
+            scoring: Arc::clone(scoring),
             contacts,
             decisions,
             members,
@@ -985,7 +1002,10 @@ impl Ahead {
             .collect();
         let decided_again = match again.is_empty() {
             true => Vec::new(),
-            false => decide_batch(&mut tx, core, &again, true, now).await?.0,
+            false => {
+                let profiles = Profiles::Rebuilt(&self.scoring);
+                decide_batch(&mut tx, core, &again, profiles, now).await?.0
+            }
         };
         let decisions: Vec<&Decision> = self
             .decisions
@@ -993,7 +1013,10 @@ impl Ahead {
             .filter(|d| !changed.contains(&d.contact.id))
             .chain(&decided_again)
             .collect();
-        store_batch(tx, core, job, payload, &self.contacts, &decisions, now).await
+        store(&mut tx, core, &decisions, Cause::Recompute, now).await?;
+        let last = self.contacts.last().map(|c| c.id.as_str());
+        let finish = (self.contacts.len() < BATCH).then_some(&*self.scoring);
+        end_batch(tx, core, job, payload, last, finish, now).await
     }
 }
 
@@ -1008,23 +1031,20 @@ async fn refresh_population(core: &Core, job: &Job) -> Result<Outcome> {
     let now = core.clock.now();
     // Wall time for the log line only; it never decides anything.
     let started = std::time::Instant::now();
-    let scoring = Arc::new(score_population(core).await?);
+    let scoring = Arc::new(score_population(core, now).await?);
     let scored = started.elapsed();
     let changed = match core.store.backend() {
         Backend::Sqlite => rescore_read_ahead(core, &scoring, now).await?,
         Backend::Postgres => rescore_locked(core, &scoring, now).await?,
     };
     let mut tx = core.store.write().await?;
-    if let Some(t) = scoring.threshold {
-        tx.set_meta(THRESHOLD_KEY, &t.to_string()).await?;
-    }
     let since = tx
         .meta(REFRESHED_KEY)
         .await?
         .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
         .map_or(DateTime::<Utc>::UNIX_EPOCH, |t| t.with_timezone(&Utc));
     tx.mark_unengaged_recipients_due(since, now).await?;
-    tx.set_meta(REFRESHED_KEY, &now.to_rfc3339()).await?;
+    record_scoring(&mut tx, &scoring).await?;
     tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
         .await?;
     tx.commit().await?;
@@ -1041,7 +1061,7 @@ async fn refresh_population(core: &Core, job: &Job) -> Result<Outcome> {
 
 /// The refresh's first pass: every purchaser, a page at a time, keeping only what scoring
 /// needs, then the RFM scores and the high-value threshold over all of them.
-async fn score_population(core: &Core) -> Result<Scoring> {
+async fn score_population(core: &Core, now: DateTime<Utc>) -> Result<Scoring> {
     let mut purchasers: Vec<Purchaser> = Vec::new();
     let mut cursor = String::new();
     loop {
@@ -1061,17 +1081,56 @@ async fn score_population(core: &Core) -> Result<Scoring> {
         }));
     }
     // Pages come in id order, so the scores can be found by binary search.
-    let scores = rfm_scores(&purchasers);
-    let mut totals: Vec<f64> = purchasers.iter().map(|p| p.total).collect();
-    let threshold = core
-        .profile_rules
-        .high_value_total
-        .or_else(|| high_value_threshold(&mut totals, core.profile_rules.high_value_share));
-    Ok(Scoring {
-        purchasers,
-        scores,
-        threshold,
-    })
+    Ok(Scoring::new(purchasers, core, now))
+}
+
+/// A recompute's first step: the population scored from the stored orders rather than the
+/// stored profiles (those are what it rebuilds), each contact's orders folded as its profile
+/// rebuild folds them. The recompute then writes each profile with its scores, once, instead
+/// of a refresh rewriting every purchaser's profile after it.
+async fn score_orders(core: &Core) -> Result<Scoring> {
+    let now = core.clock.now();
+    let rules = &core.profile_rules;
+    let mut purchasers = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (orders, end) = on_reader!(core, |tx| async {
+            let end = tx.page_end(&cursor, PAGE as usize).await?;
+            let orders = tx
+                .events_named_in(&rules.order_event, (&cursor, end.as_deref()))
+                .await?;
+            Ok::<_, StoreError>((orders, end))
+        }
+        .await)
+        .await?;
+        // By contact, then by time.
+        for rows in orders.chunk_by(|a, b| a.0 == b.0) {
+            let mut profile = Profile::default();
+            for (_, occurred_at, properties) in rows {
+                profile.observe(
+                    &Observed {
+                        name: &rules.order_event,
+                        properties: &properties.0,
+                        occurred_at: *occurred_at,
+                    },
+                    rules,
+                );
+            }
+            let purchase = profile.purchase;
+            if let Some(last_order_at) = purchase.last_order_at {
+                purchasers.push(Purchaser {
+                    contact_id: rows[0].0.clone(),
+                    last_order_at,
+                    orders: purchase.orders,
+                    total: purchase.total,
+                });
+            }
+        }
+        match end {
+            Some(end) => cursor = end,
+            None => return Ok(Scoring::new(purchasers, core, now)),
+        }
+    }
 }
 
 /// What a population refresh computed: every purchaser (in id order) with its scores, and the
@@ -1080,17 +1139,52 @@ struct Scoring {
     purchasers: Vec<Purchaser>,
     scores: Vec<Rfm>,
     threshold: Option<f64>,
+    /// When the purchasers were read.
+    at: DateTime<Utc>,
+}
+
+impl Scoring {
+    /// Scores `purchasers`, in id order, as read at `at`.
+    fn new(purchasers: Vec<Purchaser>, core: &Core, at: DateTime<Utc>) -> Scoring {
+        let scores = rfm_scores(&purchasers);
+        let mut totals: Vec<f64> = purchasers.iter().map(|p| p.total).collect();
+        let rules = &core.profile_rules;
+        let threshold = rules
+            .high_value_total
+            .or_else(|| high_value_threshold(&mut totals, rules.high_value_share));
+        Scoring {
+            purchasers,
+            scores,
+            threshold,
+            at,
+        }
+    }
+
+    /// The contact's scores; `None` for who had not ordered when they were computed.
+    fn of(&self, id: &str) -> Option<&Rfm> {
+        let i = self
+            .purchasers
+            .binary_search_by(|p| p.contact_id.as_str().cmp(id))
+            .ok()?;
+        Some(&self.scores[i])
+    }
+}
+
+/// Stores what later evaluations read of a scoring: the high-value threshold in force, and
+/// when the population was last scored (the next refresh looks at mail sent since).
+async fn record_scoring(tx: &mut Tx, scoring: &Scoring) -> Result<()> {
+    if let Some(t) = scoring.threshold {
+        tx.set_meta(THRESHOLD_KEY, &t.to_string()).await?;
+    }
+    tx.set_meta(REFRESHED_KEY, &scoring.at.to_rfc3339()).await
 }
 
 /// `stored` with `scoring` applied, and its order count, if that changes it. `None` also for
 /// a contact who first ordered after the scores were computed: the next refresh scores it.
 fn rescore(scoring: &Scoring, id: &str, stored: &Value) -> Option<(Value, i64)> {
-    let i = scoring
-        .purchasers
-        .binary_search_by(|p| p.contact_id.as_str().cmp(id))
-        .ok()?;
+    let rfm = scoring.of(id)?;
     let mut profile = Profile::from_json(stored);
-    profile.rfm = Some(scoring.scores[i].clone());
+    profile.rfm = Some(rfm.clone());
     profile.purchase.tier = super::profile::purchase_tier(&profile.purchase, scoring.threshold);
     let new = profile.to_json();
     (new != *stored).then_some((new, profile.purchase.orders))
@@ -1336,7 +1430,7 @@ mod tests {
             core.upsert_contacts(vec![contact]).await.expect("contact");
             order(&core, id, total).await;
         }
-        let scoring = score_population(&core).await.expect("scores");
+        let scoring = score_population(&core, clock.now()).await.expect("scores");
         assert_eq!(scoring.purchasers.len(), 2);
         let page = Rescored::read(&core, &scoring, "")
             .await
@@ -1409,7 +1503,8 @@ mod tests {
         tx.import_events(&[imported]).await.expect("import");
         tx.commit().await.expect("commit");
 
-        let ahead = Ahead::read(&core, "").await.expect("read ahead");
+        let scoring = Arc::new(score_orders(&core).await.expect("scores"));
+        let ahead = Ahead::read(&core, &scoring, "").await.expect("read ahead");
         let view = EventInput {
             id: None,
             contact_id: "c-1".to_owned(),

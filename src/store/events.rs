@@ -1,6 +1,8 @@
 //! Behavioral event rows.
 
 use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, FromRow, Row};
 
 use super::direct::{List, Params, Sql, raw_json, texts};
@@ -141,6 +143,32 @@ impl Tx {
             .arg(contact_id)
             .arg(name),
         };
+        self.all(q).await
+    }
+
+    /// The events named `name` of the contacts with ids after `from` and up to `to` (to the
+    /// last without `to`), by contact and then time: a population pass over one page of
+    /// contacts.
+    pub async fn events_named_in(
+        &mut self,
+        name: &str,
+        (from, to): (&str, Option<&str>),
+    ) -> Result<Vec<(String, DateTime<Utc>, Json<Value>)>> {
+        // An upper bound only when there is one (see `Tx::lock_contacts_in`).
+        let upper = if to.is_some() {
+            " AND contact_id <= $3"
+        } else {
+            ""
+        };
+        let mut q = Sql::new(format!(
+            "SELECT contact_id, occurred_at, properties FROM events
+             WHERE name = $1 AND contact_id > $2{upper} ORDER BY contact_id, occurred_at"
+        ))
+        .arg(name)
+        .arg(from);
+        if let Some(to) = to {
+            q = q.arg(to);
+        }
         self.all(q).await
     }
 
