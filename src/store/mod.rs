@@ -265,11 +265,21 @@ impl Store {
         Ok(())
     }
 
-    /// Copies the WAL's committed pages into the SQLite database file and returns when done
-    /// (see `Checkpointer::catch_up`); nothing to do on PostgreSQL.
+    /// After a bulk job: copies the WAL's committed pages into the SQLite database file and
+    /// returns when done (see `Checkpointer::catch_up`); on PostgreSQL, runs a `CHECKPOINT`.
+    /// Either way the job's writes reach the data files within the job, rather than in a
+    /// checkpoint over the next seconds that the next events' commits would wait behind (on
+    /// PostgreSQL at 1M contacts: per-event p99 16–18 ms right after a recompute). PostgreSQL
+    /// allows `CHECKPOINT` to superusers and `pg_checkpoint` members only; for anyone else the
+    /// server's own checkpoint follows as before.
     pub async fn catch_up_checkpoints(&self) {
-        if let Store::Sqlite { checkpoints, .. } = self {
-            checkpoints.catch_up().await;
+        match self {
+            Store::Sqlite { checkpoints, .. } => checkpoints.catch_up().await,
+            Store::Postgres(pool) => {
+                if let Err(e) = sqlx::query("CHECKPOINT").execute(pool).await {
+                    tracing::debug!(error = %e, "no CHECKPOINT after the bulk job");
+                }
+            }
         }
     }
 

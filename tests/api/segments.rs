@@ -603,6 +603,31 @@ async fn a_recompute_leaves_fresh_planner_statistics() {
 }
 postgres_only!(a_recompute_leaves_fresh_planner_statistics);
 
+/// A finished recompute has its writes checkpointed on PostgreSQL within the job: a checkpoint
+/// began after the job did, rather than one over the next seconds that the next events'
+/// commits would wait behind. (The server is shared with other tests, whose dropped databases
+/// checkpoint too, so this can pass without the job's own checkpoint, never fail with it.)
+async fn a_recompute_checkpoints_its_writes() {
+    let app = app(Db::Postgres).await;
+    let db = sqlx::PgPool::connect(&app.db.url).await.expect("connect");
+    import_buyers(&app, 600).await;
+    let (before,): (String,) = sqlx::query_as("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&db)
+        .await
+        .expect("WAL position");
+    app.run_due().await;
+    let (redo_is_later,): (bool,) =
+        sqlx::query_as("SELECT redo_lsn >= $1::pg_lsn FROM pg_control_checkpoint()")
+            .bind(&before)
+            .fetch_one(&db)
+            .await
+            .expect("last checkpoint");
+    assert!(redo_is_later, "no checkpoint since {before}");
+    db.close().await;
+    app.finish().await;
+}
+postgres_only!(a_recompute_checkpoints_its_writes);
+
 /// A batch transaction plans by index, for its values and without parallel workers, and only
 /// that transaction does.
 async fn batch_transactions_plan_by_index() {
