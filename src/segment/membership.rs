@@ -716,8 +716,8 @@ pub async fn run_job(core: &Core, job: &Job) -> Result<Outcome> {
     Ok(outcome)
 }
 
-/// Recomputes every contact's profile and memberships, one batch per transaction with the
-/// cursor stored alongside, then queues a population refresh.
+/// Recomputes every contact's profile (scores included, see [`score_orders`]) and memberships,
+/// one batch per transaction with the cursor stored alongside.
 async fn recompute(core: &Core, job: &Job) -> Result<Outcome> {
     let scoring = Arc::new(score_orders(core).await?);
     match core.store.backend() {
