@@ -768,12 +768,17 @@ async fn recompute_read_ahead(core: &Core, job: &Job, scoring: Arc<Scoring>) -> 
 /// in flight is done, not when a whole group is; each turns the page only after the one before
 /// committed, so the stored cursor never passes a batch that did not land.
 async fn recompute_in_flight(core: &Core, job: &Job, scoring: &Scoring) -> Result<Outcome> {
+    // Each batch holds a pooled connection until it commits, and the next batch's start is
+    // read on one more while they wait: with every connection held, that read would wait for
+    // batches that wait for it (the pool has at least two).
+    let pool = usize::try_from(core.settings.database.max_connections).unwrap_or(usize::MAX);
+    let limit = IN_FLIGHT.min(pool.max(2) - 1);
     let mut cursor = page_cursor(&job.payload.0).to_owned();
     let mut in_flight = FuturesOrdered::new();
     let mut before: Option<tokio::sync::oneshot::Receiver<()>> = None;
     let mut last_queued = false;
     loop {
-        while !last_queued && in_flight.len() < IN_FLIGHT {
+        while !last_queued && in_flight.len() < limit {
             let mut tx = core.store.read().await?;
             let end = tx.page_end(&cursor, BATCH).await?;
             tx.commit().await?;

@@ -12,7 +12,11 @@ use crate::{both_backends, postgres_only};
 /// The examples without the seasonal campaign, whose December send would add mail to long
 /// clock jumps.
 async fn app(db: Db) -> TestApp {
-    TestApp::spawn_with(db, Options::default(), |dir| {
+    app_with(db, Options::default()).await
+}
+
+async fn app_with(db: Db, options: Options) -> TestApp {
+    TestApp::spawn_with(db, options, |dir| {
         std::fs::remove_file(dir.join("workflows/holiday-gift-guide.yaml")).expect("remove");
     })
     .await
@@ -559,6 +563,24 @@ async fn a_recompute_over_many_batches_evaluates_each_contact_once(db: Db) {
     app.finish().await;
 }
 both_backends!(a_recompute_over_many_batches_evaluates_each_contact_once);
+
+/// A recompute over several batches finishes on the smallest pool Herald allows (two
+/// connections): the batches it keeps in flight leave a connection for reading where the next
+/// one starts.
+async fn a_recompute_finishes_on_a_pool_of_two(db: Db) {
+    let options = Options {
+        env: vec![("HERALD_DATABASE__MAX_CONNECTIONS".into(), "2".into())],
+        ..Options::default()
+    };
+    let app = app_with(db, options).await;
+    import_buyers(&app, 1600).await;
+    tokio::time::timeout(std::time::Duration::from_secs(60), app.run_due())
+        .await
+        .expect("the recompute finished");
+    assert_eq!(size_of(&app, "first-time-buyers").await, 1600);
+    app.finish().await;
+}
+both_backends!(a_recompute_finishes_on_a_pool_of_two);
 
 /// A finished recompute leaves PostgreSQL statistics of what it wrote, so plans cached while
 /// the tables were nearly empty are made again for their real size.
