@@ -1075,15 +1075,10 @@ async fn score_population(core: &Core, now: DateTime<Utc>) -> Result<Scoring> {
         tx.commit().await?;
         let Some(last) = page.last() else { break };
         cursor = last.0.clone();
-        purchasers.extend(page.iter().filter_map(|(id, p)| {
-            let purchase = Profile::from_json(&p.0).purchase;
-            Some(Purchaser {
-                contact_id: id.clone(),
-                last_order_at: purchase.last_order_at?,
-                orders: purchase.orders,
-                total: purchase.total,
-            })
-        }));
+        purchasers.extend(
+            page.iter()
+                .filter_map(|(id, p)| Purchaser::of(id, &Profile::from_json(&p.0).purchase)),
+        );
     }
     // Pages come in id order, so the scores can be found by binary search.
     Ok(Scoring::new(purchasers, core, now))
@@ -1121,15 +1116,7 @@ async fn score_orders(core: &Core) -> Result<Scoring> {
                     rules,
                 );
             }
-            let purchase = profile.purchase;
-            if let Some(last_order_at) = purchase.last_order_at {
-                purchasers.push(Purchaser {
-                    contact_id: rows[0].0.clone(),
-                    last_order_at,
-                    orders: purchase.orders,
-                    total: purchase.total,
-                });
-            }
+            purchasers.extend(Purchaser::of(&rows[0].0, &profile.purchase));
         }
         match end {
             Some(end) => cursor = end,

@@ -277,6 +277,18 @@ pub struct Purchaser {
     pub total: f64,
 }
 
+impl Purchaser {
+    /// What scoring reads of a contact's purchases; `None` before its first order.
+    pub fn of(contact_id: &str, purchase: &Purchase) -> Option<Purchaser> {
+        Some(Purchaser {
+            contact_id: contact_id.to_owned(),
+            last_order_at: purchase.last_order_at?,
+            orders: purchase.orders,
+            total: purchase.total,
+        })
+    }
+}
+
 /// Quintile scores 1–5 over all purchasers. A score is one more than the number of fifths of
 /// purchasers with a strictly lower value (more recent is higher for recency), so equal values
 /// always share a score: with n purchasers and r of them strictly below, the score is

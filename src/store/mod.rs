@@ -420,7 +420,7 @@ impl Tx {
     /// of keys selects: it planned reads of 500 contacts' memberships as scans of the whole
     /// table, and a full recompute of 1M contacts took 275 s instead of about 150. Workers
     /// cost more to start than such a read takes (15–19 ms with two, 9.5 ms without, for a
-    /// batch's events at 1M), and the job runs two batches side by side already.
+    /// batch's events at 1M), and the job runs several batches side by side already.
     pub async fn plan_for_batches(&mut self) -> Result<()> {
         if let Tx::Postgres(t) = self {
             sqlx::raw_sql(

@@ -624,7 +624,7 @@ impl Tx {
         cursor: &str,
         limit: i64,
     ) -> Result<Vec<(String, Json<Value>)>> {
-        self.purchasers_page(cursor, limit, "").await
+        self.purchasers_page(cursor, limit).await
     }
 
     /// Purchasers with ids after `from` and up to `to`, in id order, each row locked
@@ -650,18 +650,12 @@ impl Tx {
         cursor: &str,
         limit: i64,
     ) -> Result<Vec<(String, String)>> {
-        self.purchasers_page(cursor, limit, "").await
+        self.purchasers_page(cursor, limit).await
     }
 
-    async fn purchasers_page<T: Row>(
-        &mut self,
-        cursor: &str,
-        limit: i64,
-        lock: &str,
-    ) -> Result<Vec<T>> {
-        let sql = format!(
-            "SELECT id, profile FROM contacts WHERE orders > 0 AND id > $1 ORDER BY id LIMIT $2{lock}"
-        );
+    async fn purchasers_page<T: Row>(&mut self, cursor: &str, limit: i64) -> Result<Vec<T>> {
+        let sql =
+            "SELECT id, profile FROM contacts WHERE orders > 0 AND id > $1 ORDER BY id LIMIT $2";
         self.all(Sql::new(sql).arg(cursor).arg(limit)).await
     }
 }
