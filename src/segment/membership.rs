@@ -189,14 +189,27 @@ async fn refresh(
     }
     let ids = [contact.id.clone()];
     let reads = fact_reads(core, false, now);
-    let (facts, members) = tx.facts_and_members(&ids, &as_reads(&reads)).await?;
-    let mut facts = group_facts(facts);
-    let current = by_contact(members);
+    // The sent count decides only for a contact who never engaged, the threshold only for a
+    // purchaser: read with the rest when needed.
+    let sends = profile.last_engaged_at.is_none();
+    let meta = threshold_key(core).filter(|_| profile.purchase.orders > 0);
+    let inputs = tx
+        .segment_inputs(&ids, &as_reads(&reads), sends, meta)
+        .await?;
+    let mut facts = group_facts(inputs.facts);
+    let current = by_contact(inputs.members);
     let state = ContactState {
         events: facts.remove(&contact.id).unwrap_or_default(),
         members: current.get(&contact.id).cloned().unwrap_or_default(),
     };
-    apply(tx, core, contact, profile, &state, Cause::Event, now).await
+    let sends = inputs.sends.get(&contact.id).copied().unwrap_or(0);
+    let high_value = match profile.purchase.orders {
+        0 => None,
+        _ => threshold(core, inputs.meta.as_deref()),
+    };
+    let decision = decide(core, contact, profile, &state, sends, high_value, now);
+    store(tx, core, std::slice::from_ref(&decision), Cause::Event, now).await?;
+    Ok(decision.contact)
 }
 
 /// What is stored about one contact that segments read.
@@ -230,16 +243,21 @@ fn by_contact(memberships: Vec<Membership>) -> HashMap<String, BTreeSet<String>>
     members
 }
 
-/// The high-value threshold in force: the configured amount, or the top share as of the last
-/// refresh.
-async fn threshold(tx: &mut Tx, core: &Core) -> Result<Option<f64>> {
-    if let Some(total) = core.profile_rules.high_value_total {
-        return Ok(Some(total));
+/// The `meta` key of the high-value threshold when it comes from the last refresh (none when
+/// the amount is configured).
+fn threshold_key(core: &Core) -> Option<&'static str> {
+    match core.profile_rules.high_value_total {
+        Some(_) => None,
+        None => Some(THRESHOLD_KEY),
     }
-    Ok(tx
-        .meta(THRESHOLD_KEY)
-        .await?
-        .and_then(|v| v.parse::<f64>().ok()))
+}
+
+/// The high-value threshold in force: the configured amount, or the top share as of the last
+/// refresh (`stored`, read from [`threshold_key`]).
+fn threshold(core: &Core, stored: Option<&str>) -> Option<f64> {
+    core.profile_rules
+        .high_value_total
+        .or_else(|| stored.and_then(|v| v.parse::<f64>().ok()))
 }
 
 /// What re-evaluating one contact decided.
@@ -302,34 +320,6 @@ fn decide(
         profile_changed,
         contact,
     }
-}
-
-/// Re-evaluates one contact and stores what changed; returns the contact as it is now.
-async fn apply(
-    tx: &mut Tx,
-    core: &Core,
-    contact: &Contact,
-    profile: Profile,
-    state: &ContactState,
-    cause: Cause,
-    now: DateTime<Utc>,
-) -> Result<Contact> {
-    let sends = match profile.last_engaged_at {
-        None => tx
-            .sent_counts(std::slice::from_ref(&contact.id))
-            .await?
-            .get(&contact.id)
-            .copied()
-            .unwrap_or(0),
-        Some(_) => 0,
-    };
-    let high_value = match profile.purchase.orders {
-        0 => None,
-        _ => threshold(tx, core).await?,
-    };
-    let decision = decide(core, contact, profile, state, sends, high_value, now);
-    store(tx, core, std::slice::from_ref(&decision), cause, now).await?;
-    Ok(decision.contact)
 }
 
 /// Stores decisions with as few statements as possible: changed profiles, membership rows, one
@@ -434,12 +424,18 @@ async fn decide_batch(
     let ids: Vec<String> = contacts.iter().map(|c| c.id.clone()).collect();
     let rebuild = matches!(profiles, Profiles::Rebuilt(_));
     let reads = fact_reads(core, rebuild, now);
-    let (facts, members) = tx.facts_and_members(&ids, &as_reads(&reads)).await?;
-    let mut facts = group_facts(facts);
-    let members = by_contact(members);
-    let sends = tx.sent_counts(&ids).await?;
+    let meta = match profiles {
+        Profiles::Stored => threshold_key(core),
+        Profiles::Rebuilt(_) => None,
+    };
+    let inputs = tx
+        .segment_inputs(&ids, &as_reads(&reads), true, meta)
+        .await?;
+    let mut facts = group_facts(inputs.facts);
+    let members = by_contact(inputs.members);
+    let sends = inputs.sends;
     let high_value = match profiles {
-        Profiles::Stored => threshold(tx, core).await?,
+        Profiles::Stored => threshold(core, inputs.meta.as_deref()),
         Profiles::Rebuilt(scoring) => scoring.threshold,
     };
     let (tiers, engaged, stages) = if rebuild {

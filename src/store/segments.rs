@@ -15,6 +15,25 @@ pub type FactRow = (String, String, DateTime<Utc>, Option<Json<Value>>);
 /// One membership: (contact, segment, entered_at).
 pub type Membership = (String, String, DateTime<Utc>);
 
+/// What [`Tx::segment_inputs`] read.
+#[derive(Debug, Default)]
+pub struct SegmentInputs {
+    pub facts: Vec<FactRow>,
+    /// Sorted by contact, then segment.
+    pub members: Vec<Membership>,
+    /// Each contact's messages sent (or of unknown fate); contacts with none are absent.
+    pub sends: std::collections::HashMap<String, i64>,
+    pub meta: Option<String>,
+}
+
+/// The reads [`Tx::arms`] adds after the facts.
+#[derive(Debug, Default, Clone, Copy)]
+struct Extras<'a> {
+    members: bool,
+    sends: bool,
+    meta: Option<&'a str>,
+}
+
 /// Which events of one name evaluation reads: those since `since`, with their properties or not.
 #[derive(Debug, Clone, Copy)]
 pub struct FactRead<'a> {
@@ -142,41 +161,74 @@ impl Tx {
         contact_ids: &[String],
         reads: &[FactRead<'_>],
     ) -> Result<Vec<FactRow>> {
-        let q = self.arms(contact_ids, reads, false);
+        let q = self.arms(contact_ids, reads, None);
         self.all(q).await
     }
 
-    /// [`Tx::facts`] and [`Tx::memberships`] of the same contacts. PostgreSQL reads both in one
-    /// statement, the memberships as rows without an event name: a round trip less per event.
-    pub async fn facts_and_members(
+    /// Everything evaluating `contact_ids` reads besides the contacts themselves:
+    /// [`Tx::facts`], [`Tx::memberships`], with `sends` their [`Tx::sent_counts`], and with
+    /// `meta` that [`Tx::meta`] value. PostgreSQL reads them all in one statement (a round trip
+    /// is most of what an event costs there); rows that are not facts have no event name and
+    /// carry what they are as a tagged JSON object.
+    pub async fn segment_inputs(
         &mut self,
         contact_ids: &[String],
         reads: &[FactRead<'_>],
-    ) -> Result<(Vec<FactRow>, Vec<Membership>)> {
+        sends: bool,
+        meta: Option<&str>,
+    ) -> Result<SegmentInputs> {
+        let mut inputs = SegmentInputs::default();
         if self.backend() == Backend::Sqlite || contact_ids.is_empty() {
-            let facts = self.facts(contact_ids, reads).await?;
-            return Ok((facts, self.memberships(contact_ids).await?));
-        }
-        let q = self.arms(contact_ids, reads, true);
-        // A fact, or a membership where the name is NULL.
-        type FactOrMember = (String, Option<String>, DateTime<Utc>, Option<Json<Value>>);
-        let rows: Vec<FactOrMember> = self.all(q).await?;
-        let (mut facts, mut members) = (Vec::new(), Vec::new());
-        for (contact, name, at, value) in rows {
-            match (name, value) {
-                (Some(name), properties) => facts.push((contact, name, at, properties)),
-                (None, Some(Json(Value::String(segment)))) => members.push((contact, segment, at)),
-                (None, _) => {}
+            inputs.facts = self.facts(contact_ids, reads).await?;
+            inputs.members = self.memberships(contact_ids).await?;
+            if sends {
+                inputs.sends = self.sent_counts(contact_ids).await?;
             }
+            if let Some(key) = meta {
+                inputs.meta = self.meta(key).await?;
+            }
+            return Ok(inputs);
         }
-        members.sort();
-        Ok((facts, members))
+        let extras = Extras {
+            members: true,
+            sends,
+            meta,
+        };
+        let q = self.arms(contact_ids, reads, Some(extras));
+        // A fact, or (no event name) a membership, a sent count or the meta value.
+        type Input = (String, Option<String>, DateTime<Utc>, Option<Json<Value>>);
+        let rows: Vec<Input> = self.all(q).await?;
+        for (contact, name, at, value) in rows {
+            let Some(name) = name else {
+                let Some(Json(Value::Object(tagged))) = value else {
+                    continue;
+                };
+                if let Some(Value::String(segment)) = tagged.get("segment") {
+                    inputs.members.push((contact, segment.clone(), at));
+                } else if let Some(n) = tagged.get("sends").and_then(Value::as_i64) {
+                    inputs.sends.insert(contact, n);
+                } else if let Some(Value::String(v)) = tagged.get("meta") {
+                    inputs.meta = Some(v.clone());
+                }
+                continue;
+            };
+            inputs.facts.push((contact, name, at, value));
+        }
+        inputs.members.sort();
+        Ok(inputs)
     }
 
-    /// One `UNION ALL` arm per name read, each with its time bound, and with `members` one more
-    /// for the memberships: (contact, NULL, entered_at, the segment as JSON). PostgreSQL's
-    /// form: every arm reads the ids from the same parameter.
-    fn arms(&self, contact_ids: &[String], reads: &[FactRead<'_>], members: bool) -> Sql {
+    /// One `UNION ALL` arm per name read, each with its time bound, and with `extras` one more
+    /// for the memberships and each extra read, their rows without an event name:
+    /// (contact, NULL, entered_at, `{"segment": …}`), (contact, NULL, epoch, `{"sends": n}`),
+    /// ('', NULL, epoch, `{"meta": …}`). PostgreSQL's form: every arm reads the ids from the
+    /// same parameter.
+    fn arms(
+        &self,
+        contact_ids: &[String],
+        reads: &[FactRead<'_>],
+        extras: Option<Extras<'_>>,
+    ) -> Sql {
         // Every arm refers to the same ids, `$1` (PostgreSQL numbers its placeholders).
         let ids_from =
             |table| contacts_rows(&mut Params::new(self.backend()), contact_ids.len(), table);
@@ -199,10 +251,27 @@ impl Tx {
                 )
             })
             .collect();
-        if members {
+        let extras = extras.unwrap_or_default();
+        if extras.members {
             arms.push(format!(
-                "SELECT t.contact_id, NULL::text, t.entered_at, to_jsonb(t.segment) FROM {}",
+                "SELECT t.contact_id, NULL::text, t.entered_at,
+                        jsonb_build_object('segment', t.segment) FROM {}",
                 ids_from("segment_members")
+            ));
+        }
+        if extras.sends {
+            arms.push(format!(
+                "SELECT t.contact_id, NULL::text, 'epoch'::timestamptz,
+                        jsonb_build_object('sends', COUNT(*)) FROM {}
+                 AND t.status IN ('sent', 'unknown') GROUP BY t.contact_id",
+                ids_from("messages")
+            ));
+        }
+        if extras.meta.is_some() {
+            arms.push(format!(
+                "SELECT '', NULL::text, 'epoch'::timestamptz, jsonb_build_object('meta', m.value)
+                 FROM meta m WHERE m.key = {}",
+                p.one()
             ));
         }
         let sql = format!("{} ORDER BY 1, 3", arms.join(" UNION ALL "));
@@ -210,6 +279,9 @@ impl Tx {
         let mut q = Sql::new(sql).set(self.backend(), contact_ids.iter().map(String::as_str));
         for r in reads {
             q = q.arg(r.name).arg(r.since);
+        }
+        if let Some(key) = extras.meta {
+            q = q.arg(key);
         }
         q
     }

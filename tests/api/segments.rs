@@ -340,6 +340,87 @@ async fn dormant_subscribers_are_sunset(db: Db) {
 }
 both_backends!(dormant_subscribers_are_sunset);
 
+/// One event's evaluation reads what decides beyond the contact's events: the messages sent to
+/// a contact who never engaged (dormant after enough of them) and the high-value threshold the
+/// last refresh stored (a big first order is high-value at once).
+async fn an_event_weighs_sent_messages_and_the_stored_threshold(db: Db) {
+    let env = vec![(
+        "HERALD_PROFILE__DORMANT_AFTER_SENDS".to_owned(),
+        "2".to_owned(),
+    )];
+    let app = app_with(
+        db,
+        Options {
+            env,
+            ..Options::default()
+        },
+    )
+    .await;
+    app.run_due().await;
+    app.contact("quiet", "quiet@example.com", json!({})).await;
+    let sent = |n: usize| {
+        let now = app.clock.now();
+        Sql::new(
+            "INSERT INTO messages (id, journey_id, step, contact_id, workflow, template, category,
+                                   to_email, status, created_at, updated_at, sent_at)
+             VALUES ($1, $2, 'send', 'quiet', 'newsletter', 'news', 'marketing',
+                     'quiet@example.com', 'sent', $3, $3, $3)",
+        )
+        .arg(format!("m-{n}"))
+        .arg(format!("j-{n}"))
+        .arg(now)
+    };
+    for n in 1..=2 {
+        let mut tx = app.core.store.write().await.expect("write");
+        tx.run(sent(n)).await.expect("a sent message");
+        tx.commit().await.expect("commit");
+        app.event("quiet", "page_viewed", json!({"path": "/"}))
+            .await;
+        let dormant = profile_of(&app, "quiet").await["engagement"] == "dormant";
+        assert_eq!(
+            dormant,
+            n == 2,
+            "after {n} sends: {}",
+            profile_of(&app, "quiet").await
+        );
+    }
+    assert!(
+        segments_of(&app, "quiet")
+            .await
+            .contains(&"dormant".to_owned())
+    );
+
+    for (id, orders, each) in RFM_BUYERS {
+        app.contact(id, &format!("{id}@example.com"), json!({}))
+            .await;
+        for _ in 0..orders {
+            app.event(id, "order_placed", json!({"total": each})).await;
+        }
+    }
+    // The hourly refresh stores the threshold: the top tenth of five purchasers is the best.
+    app.advance(TimeDelta::hours(1)).await;
+    assert_eq!(
+        profile_of(&app, "c-5").await["purchase"]["tier"],
+        "high-value"
+    );
+    app.contact("big", "big@example.com", json!({})).await;
+    app.event("big", "order_placed", json!({"total": 1000}))
+        .await;
+    assert_eq!(
+        profile_of(&app, "big").await["purchase"]["tier"],
+        "high-value"
+    );
+    assert!(
+        segments_of(&app, "big")
+            .await
+            .contains(&"high-value".to_owned())
+    );
+    app.event("c-1", "order_placed", json!({"total": 5})).await;
+    assert_eq!(profile_of(&app, "c-1").await["purchase"]["tier"], "repeat");
+    app.finish().await;
+}
+both_backends!(an_event_weighs_sent_messages_and_the_stored_threshold);
+
 /// RFM scores over five purchasers, computed by hand: with r of n purchasers strictly below,
 /// a score is 1 + ⌊5r/n⌋. Recency and monetary are distinct (1…5); frequency is 1, 1, 2, 3
 /// and 5 orders, so scores 1, 1, 3, 4, 5.
