@@ -715,11 +715,27 @@ pub async fn run_job(core: &Core, job: &Job) -> Result<Outcome> {
 /// Recomputes every contact's profile (scores included, see [`score_orders`]) and memberships,
 /// one batch per transaction with the cursor stored alongside.
 async fn recompute(core: &Core, job: &Job) -> Result<Outcome> {
+    // Wall time for the log lines only; it never decides anything.
+    let started = std::time::Instant::now();
     let scoring = Arc::new(score_orders(core).await?);
-    match core.store.backend() {
-        Backend::Sqlite => recompute_read_ahead(core, job, scoring).await,
-        Backend::Postgres => recompute_in_flight(core, job, &scoring).await,
+    let scored = started.elapsed();
+    tracing::info!(
+        purchasers = scoring.purchasers.len(),
+        scored_ms = scored.as_millis() as u64,
+        "recompute: orders scored, recomputing profiles and memberships"
+    );
+    let outcome = match core.store.backend() {
+        Backend::Sqlite => recompute_read_ahead(core, job, Arc::clone(&scoring)).await?,
+        Backend::Postgres => recompute_in_flight(core, job, &scoring).await?,
+    };
+    if outcome == Outcome::Done {
+        tracing::info!(
+            scored_ms = scored.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "recompute finished"
+        );
     }
+    Ok(outcome)
 }
 
 /// SQLite: the next batch is read and decided on a reader connection while the writer stores
