@@ -161,7 +161,7 @@ impl Tx {
         contact_ids: &[String],
         reads: &[FactRead<'_>],
     ) -> Result<Vec<FactRow>> {
-        let q = self.arms(contact_ids, reads, None);
+        let q = self.arms(contact_ids, reads, Extras::default());
         self.all(q).await
     }
 
@@ -194,7 +194,7 @@ impl Tx {
             sends,
             meta,
         };
-        let q = self.arms(contact_ids, reads, Some(extras));
+        let q = self.arms(contact_ids, reads, extras);
         // A fact, or (no event name) a membership, a sent count or the meta value.
         type Input = (String, Option<String>, DateTime<Utc>, Option<Json<Value>>);
         let rows: Vec<Input> = self.all(q).await?;
@@ -223,12 +223,7 @@ impl Tx {
     /// (contact, NULL, entered_at, `{"segment": …}`), (contact, NULL, epoch, `{"sends": n}`),
     /// ('', NULL, epoch, `{"meta": …}`). PostgreSQL's form: every arm reads the ids from the
     /// same parameter.
-    fn arms(
-        &self,
-        contact_ids: &[String],
-        reads: &[FactRead<'_>],
-        extras: Option<Extras<'_>>,
-    ) -> Sql {
+    fn arms(&self, contact_ids: &[String], reads: &[FactRead<'_>], extras: Extras<'_>) -> Sql {
         // Every arm refers to the same ids, `$1` (PostgreSQL numbers its placeholders).
         let ids_from =
             |table| contacts_rows(&mut Params::new(self.backend()), contact_ids.len(), table);
@@ -251,7 +246,6 @@ impl Tx {
                 )
             })
             .collect();
-        let extras = extras.unwrap_or_default();
         if extras.members {
             arms.push(format!(
                 "SELECT t.contact_id, NULL::text, t.entered_at,
