@@ -201,6 +201,7 @@ async fn refresh(
     let state = ContactState {
         events: facts.remove(&contact.id).unwrap_or_default(),
         members: current.get(&contact.id).cloned().unwrap_or_default(),
+        due: inputs.dues.get(&contact.id).copied(),
     };
     let sends = inputs.sends.get(&contact.id).copied().unwrap_or(0);
     let high_value = match profile.purchase.orders {
@@ -217,6 +218,8 @@ async fn refresh(
 struct ContactState {
     events: HashMap<String, Vec<Fact>>,
     members: BTreeSet<String>,
+    /// The next due instant as stored.
+    due: Option<DateTime<Utc>>,
 }
 
 fn group_facts(rows: Vec<FactRow>) -> HashMap<String, HashMap<String, Vec<Fact>>> {
@@ -270,6 +273,8 @@ struct Decision {
     exited: Vec<String>,
     /// The next instant to look again without a new event.
     due: Option<DateTime<Utc>>,
+    /// `due` is not what is stored.
+    due_changed: bool,
 }
 
 /// Settles the profile and evaluates every segment against the contact's stored state. Pure:
@@ -304,6 +309,7 @@ fn decide(
         },
         now,
     );
+    let due = earliest(evaluation.next_change, tier_change);
     Decision {
         entered: evaluation
             .members
@@ -315,7 +321,8 @@ fn decide(
             .difference(&evaluation.members)
             .cloned()
             .collect(),
-        due: earliest(evaluation.next_change, tier_change),
+        due,
+        due_changed: due != state.due,
         orders: profile.purchase.orders,
         profile_changed,
         contact,
@@ -367,6 +374,7 @@ async fn store<D: Borrow<Decision>>(
     writes.extend(tx.add_members(&added, now));
     writes.extend(tx.event_imports(&events, Ids::Fresh));
     let dues: Vec<(&str, Option<DateTime<Utc>>)> = decisions()
+        .filter(|d| d.due_changed)
         .map(|d| (d.contact.id.as_str(), d.due))
         .collect();
     writes.extend(tx.due_writes(&dues));
@@ -433,7 +441,7 @@ async fn decide_batch(
         .await?;
     let mut facts = group_facts(inputs.facts);
     let members = by_contact(inputs.members);
-    let sends = inputs.sends;
+    let (sends, dues) = (inputs.sends, inputs.dues);
     let high_value = match profiles {
         Profiles::Stored => threshold(core, inputs.meta.as_deref()),
         Profiles::Rebuilt(scoring) => scoring.threshold,
@@ -452,6 +460,7 @@ async fn decide_batch(
         let state = ContactState {
             events: facts.remove(&contact.id).unwrap_or_default(),
             members: members.get(&contact.id).cloned().unwrap_or_default(),
+            due: dues.get(&contact.id).copied(),
         };
         let profile = match profiles {
             Profiles::Rebuilt(scoring) => {

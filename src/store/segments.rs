@@ -23,13 +23,16 @@ pub struct SegmentInputs {
     pub members: Vec<Membership>,
     /// Each contact's messages sent (or of unknown fate); contacts with none are absent.
     pub sends: std::collections::HashMap<String, i64>,
+    /// Each contact's stored next due instant (`segment_due`); contacts with none are absent.
+    pub dues: std::collections::HashMap<String, DateTime<Utc>>,
     pub meta: Option<String>,
 }
 
 /// The reads [`Tx::arms`] adds after the facts.
 #[derive(Debug, Default, Clone, Copy)]
 struct Extras<'a> {
-    members: bool,
+    /// The contacts' memberships and due instants: what their evaluation last stored.
+    stored: bool,
     sends: bool,
     meta: Option<&'a str>,
 }
@@ -87,6 +90,27 @@ impl Tx {
         // Only placeholders are spliced in; every value is bound.
         let q = Sql::new(sql).set(self.backend(), contact_ids.iter().map(String::as_str));
         self.all(q).await
+    }
+
+    /// The contacts' stored next due instants (`segment_due`).
+    pub async fn segment_dues(
+        &mut self,
+        contact_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, DateTime<Utc>>> {
+        if contact_ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let sql = format!(
+            "SELECT t.contact_id, t.due_at FROM {}",
+            contacts_rows(
+                &mut Params::new(self.backend()),
+                contact_ids.len(),
+                "segment_due"
+            )
+        );
+        let q = Sql::new(sql).set(self.backend(), contact_ids.iter().map(String::as_str));
+        let rows: Vec<(String, DateTime<Utc>)> = self.all(q).await?;
+        Ok(rows.into_iter().collect())
     }
 
     /// The contacts' events of the names in `reads`, each since its instant, oldest first per
@@ -166,7 +190,8 @@ impl Tx {
     }
 
     /// Everything evaluating `contact_ids` reads besides the contacts themselves:
-    /// [`Tx::facts`], [`Tx::memberships`], with `sends` their [`Tx::sent_counts`], and with
+    /// [`Tx::facts`], [`Tx::memberships`], [`Tx::segment_dues`], with `sends` their
+    /// [`Tx::sent_counts`], and with
     /// `meta` that [`Tx::meta`] value. PostgreSQL reads them all in one statement (a round trip
     /// is most of what an event costs there); rows that are not facts have no event name and
     /// carry what they are as a tagged JSON object.
@@ -181,6 +206,7 @@ impl Tx {
         if self.backend() == Backend::Sqlite || contact_ids.is_empty() {
             inputs.facts = self.facts(contact_ids, reads).await?;
             inputs.members = self.memberships(contact_ids).await?;
+            inputs.dues = self.segment_dues(contact_ids).await?;
             if sends {
                 inputs.sends = self.sent_counts(contact_ids).await?;
             }
@@ -190,7 +216,7 @@ impl Tx {
             return Ok(inputs);
         }
         let extras = Extras {
-            members: true,
+            stored: true,
             sends,
             meta,
         };
@@ -205,6 +231,8 @@ impl Tx {
                 };
                 if let Some(Value::String(segment)) = tagged.get("segment") {
                     inputs.members.push((contact, segment.clone(), at));
+                } else if tagged.contains_key("due") {
+                    inputs.dues.insert(contact, at);
                 } else if let Some(n) = tagged.get("sends").and_then(Value::as_i64) {
                     inputs.sends.insert(contact, n);
                 } else if let Some(Value::String(v)) = tagged.get("meta") {
@@ -219,9 +247,9 @@ impl Tx {
     }
 
     /// One `UNION ALL` arm per name read, each with its time bound, and with `extras` one more
-    /// for the memberships and each extra read, their rows without an event name:
-    /// (contact, NULL, entered_at, `{"segment": …}`), (contact, NULL, epoch, `{"sends": n}`),
-    /// ('', NULL, epoch, `{"meta": …}`). PostgreSQL's form: every arm reads the ids from the
+    /// for each extra read, their rows without an event name: (contact, NULL, entered_at,
+    /// `{"segment": …}`), (contact, NULL, due_at, `{"due": true}`), (contact, NULL, epoch,
+    /// `{"sends": n}`), ('', NULL, epoch, `{"meta": …}`). PostgreSQL's form: every arm reads the ids from the
     /// same parameter.
     fn arms(&self, contact_ids: &[String], reads: &[FactRead<'_>], extras: Extras<'_>) -> Sql {
         // Every arm refers to the same ids, `$1` (PostgreSQL numbers its placeholders).
@@ -246,11 +274,15 @@ impl Tx {
                 )
             })
             .collect();
-        if extras.members {
+        if extras.stored {
             arms.push(format!(
                 "SELECT t.contact_id, NULL::text, t.entered_at,
                         jsonb_build_object('segment', t.segment) FROM {}",
                 ids_from("segment_members")
+            ));
+            arms.push(format!(
+                "SELECT t.contact_id, NULL::text, t.due_at, jsonb_build_object('due', true) FROM {}",
+                ids_from("segment_due")
             ));
         }
         if extras.sends {
