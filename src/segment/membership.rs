@@ -197,17 +197,10 @@ async fn refresh(
         .segment_inputs(&ids, &as_reads(&reads), sends, meta)
         .await?;
     let mut facts = group_facts(inputs.facts);
-    let current = by_contact(inputs.members);
-    let state = ContactState {
-        events: facts.remove(&contact.id).unwrap_or_default(),
-        members: current.get(&contact.id).cloned().unwrap_or_default(),
-        due: inputs.dues.get(&contact.id).copied(),
-    };
+    let members = by_contact(inputs.members);
+    let state = ContactState::take(&contact.id, &mut facts, &members, &inputs.dues);
     let sends = inputs.sends.get(&contact.id).copied().unwrap_or(0);
-    let high_value = match profile.purchase.orders {
-        0 => None,
-        _ => threshold(core, inputs.meta.as_deref()),
-    };
+    let high_value = threshold(core, inputs.meta.as_deref());
     let decision = decide(core, contact, profile, &state, sends, high_value, now);
     store(tx, core, std::slice::from_ref(&decision), Cause::Event, now).await?;
     Ok(decision.contact)
@@ -220,6 +213,22 @@ struct ContactState {
     members: BTreeSet<String>,
     /// The next due instant as stored.
     due: Option<DateTime<Utc>>,
+}
+
+impl ContactState {
+    /// Contact `id`'s part of what [`Tx::segment_inputs`] read, grouped by contact.
+    fn take(
+        id: &str,
+        facts: &mut HashMap<String, HashMap<String, Vec<Fact>>>,
+        members: &HashMap<String, BTreeSet<String>>,
+        dues: &HashMap<String, DateTime<Utc>>,
+    ) -> ContactState {
+        ContactState {
+            events: facts.remove(id).unwrap_or_default(),
+            members: members.get(id).cloned().unwrap_or_default(),
+            due: dues.get(id).copied(),
+        }
+    }
 }
 
 fn group_facts(rows: Vec<FactRow>) -> HashMap<String, HashMap<String, Vec<Fact>>> {
@@ -457,11 +466,7 @@ async fn decide_batch(
     };
     let mut decisions = Vec::with_capacity(contacts.len());
     for contact in contacts {
-        let state = ContactState {
-            events: facts.remove(&contact.id).unwrap_or_default(),
-            members: members.get(&contact.id).cloned().unwrap_or_default(),
-            due: dues.get(&contact.id).copied(),
-        };
+        let state = ContactState::take(&contact.id, &mut facts, &members, &dues);
         let profile = match profiles {
             Profiles::Rebuilt(scoring) => {
                 let reached = Reached {
