@@ -6,6 +6,7 @@
 //! hour on a manual clock, and reports the peak RSS.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
@@ -18,6 +19,7 @@ use super::bench::{ScratchDir, peak_rss_kib};
 use crate::app::{Application, Role};
 use crate::clock::{Clock, ManualClock};
 use crate::config::Settings;
+use crate::core::Core;
 use crate::ingest::EventInput;
 use crate::store::{Contact, Event};
 
@@ -154,21 +156,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("  {name}: {size}");
     }
 
-    let mut latencies = Vec::with_capacity(args.samples);
-    for i in 0..args.samples {
-        let contact = rng.random_range(0..args.contacts);
-        let (name, properties) = synthetic_event(&mut rng);
-        let input = EventInput {
-            id: Some(format!("sample-{i}")),
-            contact_id: contact_id(contact),
-            name: name.to_owned(),
-            properties: properties.as_object().cloned(),
-            timestamp: None,
-        };
-        let started = Instant::now();
-        core.ingest_events(vec![input]).await?;
-        latencies.push(started.elapsed());
-    }
+    // On a runtime worker, where `serve` runs a request's ingest: the command's own future is
+    // polled on the main thread, which a worker has to wake for every database response.
+    let mut latencies = tokio::spawn(time_events(
+        Arc::clone(&core),
+        args.samples,
+        args.contacts,
+        rng,
+    ))
+    .await??;
     latencies.sort();
     let pct = |p: f64| {
         let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
@@ -201,6 +197,31 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     core.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Times `samples` single-event ingests for random contacts, one after another.
+async fn time_events(
+    core: Arc<Core>,
+    samples: usize,
+    contacts: usize,
+    mut rng: StdRng,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut latencies = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let contact = rng.random_range(0..contacts);
+        let (name, properties) = synthetic_event(&mut rng);
+        let input = EventInput {
+            id: Some(format!("sample-{i}")),
+            contact_id: contact_id(contact),
+            name: name.to_owned(),
+            properties: properties.as_object().cloned(),
+            timestamp: None,
+        };
+        let started = Instant::now();
+        core.ingest_events(vec![input]).await?;
+        latencies.push(started.elapsed());
+    }
+    Ok(latencies)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -236,7 +257,7 @@ fn synthetic_event(rng: &mut StdRng) -> (&'static str, Value) {
 
 /// Imports contacts and events straight into the store, in large transactions.
 async fn import(
-    core: &crate::core::Core,
+    core: &Core,
     args: &Args,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
