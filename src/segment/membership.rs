@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 use sqlx::types::Json;
 
 use super::evaluate::{Fact, Facts, evaluate_all};
-use super::profile::{Observed, Profile, Purchaser, Rfm, Stage, high_value_threshold, rfm_scores};
+use super::profile::{
+    Observed, Profile, ProfileRules, Purchaser, Rfm, Stage, high_value_threshold, rfm_scores,
+};
 use super::{ENTERED, EXITED};
 use crate::core::Core;
 use crate::scheduler::{page_cursor, turn_page};
@@ -83,18 +85,70 @@ pub async fn on_event(
     if !evaluates(core, &event.name) {
         return Ok(contact.clone());
     }
-    let events: &[&Event] = match core.profile_rules.observes(&event.name) {
-        true => &[event],
-        false => &[],
-    };
-    refresh(tx, core, contact, events, now).await
+    if !core.profile_rules.observes(&event.name) {
+        return refresh(tx, core, contact, &[], now).await;
+    }
+    if !core.segments.event_names().contains(&event.name) {
+        // Only the profile reads it: most such events (another page view, a machine open)
+        // change nothing a segment reads, and need no read of the contact's facts.
+        match fold(&core.profile_rules, contact, &[event], now) {
+            Fold::Unchanged => return Ok(contact.clone()),
+            Fold::Quiet(profile) => {
+                let mut contact = contact.clone();
+                let orders = profile.purchase.orders;
+                contact.profile = Json(profile.to_json());
+                tx.store_profiles(&[(contact.id.as_str(), &contact.profile.0, orders)])
+                    .await?;
+                return Ok(contact);
+            }
+            Fold::Changed => {}
+        }
+    }
+    refresh(tx, core, contact, &[event], now).await
+}
+
+/// What folding new events into a stored profile changes for the contact's segments.
+#[derive(Debug, PartialEq)]
+enum Fold {
+    /// Nothing: the profile is as stored.
+    Unchanged,
+    /// Only `last_engaged_at` moved, within the same engagement tier (an active reader opening
+    /// again): the new profile is written alone, and the sweep finds the later lapse instant
+    /// when the earlier one comes.
+    Quiet(Profile),
+    /// The engagement tier, purchases or lifecycle changed: the contact is re-evaluated.
+    Changed,
+}
+
+/// Folds `events`, which no segment reads, into `contact`'s stored profile.
+fn fold(rules: &ProfileRules, contact: &Contact, events: &[&Event], now: DateTime<Utc>) -> Fold {
+    let before = Profile::from_json(&contact.profile.0);
+    let mut after = before.clone();
+    for e in events {
+        after.observe(
+            &Observed {
+                name: &e.name,
+                properties: &e.properties.0,
+                occurred_at: e.occurred_at,
+            },
+            rules,
+        );
+    }
+    if after == before {
+        return Fold::Unchanged;
+    }
+    let same_tier = after.last_engaged_at.is_some()
+        && after.engagement_at(contact.created_at, 0, now, rules).0 == before.engagement;
+    if same_tier && after.purchase == before.purchase && after.lifecycle == before.lifecycle {
+        Fold::Quiet(after)
+    } else {
+        Fold::Changed
+    }
 }
 
 /// Applies events that only the profile reads (no segment reads them and nothing else reacts),
-/// stored in bulk for several contacts. A change that leaves the engagement tier, purchases
-/// and lifecycle as they were (an active reader opening again) only moves `last_engaged_at`:
-/// those profiles are written together, and the sweep finds the later lapse instant when the
-/// earlier one comes. Any other change re-evaluates the contact.
+/// stored in bulk for several contacts, as [`on_event`] applies one: unchanged profiles are
+/// left alone, quiet changes written together, and any other change re-evaluates the contact.
 pub async fn observe_batch(
     tx: &mut Tx,
     core: &Core,
@@ -116,32 +170,16 @@ pub async fn observe_batch(
         let Some(events) = by_contact.get(contact.id.as_str()) else {
             continue;
         };
-        let before = Profile::from_json(&contact.profile.0);
-        let mut after = before.clone();
-        for e in events.iter() {
-            after.observe(
-                &Observed {
-                    name: &e.name,
-                    properties: &e.properties.0,
-                    occurred_at: e.occurred_at,
-                },
-                &core.profile_rules,
-            );
-        }
-        if after == before {
-            continue;
-        }
-        let same_tier = after.last_engaged_at.is_some()
-            && after
-                .engagement_at(contact.created_at, 0, now, &core.profile_rules)
-                .0
-                == before.engagement;
-        if same_tier && after.purchase == before.purchase && after.lifecycle == before.lifecycle {
-            let orders = after.purchase.orders;
-            contact.profile = Json(after.to_json());
-            quiet.push((contact, orders));
-        } else {
-            refresh(tx, core, &contact, events, now).await?;
+        match fold(&core.profile_rules, &contact, events, now) {
+            Fold::Unchanged => {}
+            Fold::Quiet(profile) => {
+                let orders = profile.purchase.orders;
+                contact.profile = Json(profile.to_json());
+                quiet.push((contact, orders));
+            }
+            Fold::Changed => {
+                refresh(tx, core, &contact, events, now).await?;
+            }
         }
     }
     let rows: Vec<(&str, &Value, i64)> = quiet
@@ -1385,6 +1423,81 @@ mod tests {
     use crate::config::Settings;
     use crate::ingest::{ContactInput, EventInput};
     use crate::store::job_status;
+
+    /// An event no segment reads re-evaluates its contact only when it moves the engagement
+    /// tier, the purchases or the lifecycle stage.
+    #[test]
+    fn folding_an_event_no_segment_reads_says_whether_to_re_evaluate() {
+        let settings = Settings::load_with_env(std::path::Path::new("/nonexistent"), None, &[])
+            .expect("settings");
+        let rules = ProfileRules::from_settings(&settings.profile).expect("rules");
+        let now = Utc
+            .with_ymd_and_hms(2026, 3, 1, 9, 0, 0)
+            .single()
+            .expect("time");
+        let event = |name: &str, properties: Value, days_ago: i64| Event {
+            id: format!("{name}-{days_ago}"),
+            contact_id: "c-1".to_owned(),
+            name: name.to_owned(),
+            properties: Json(properties),
+            occurred_at: now - TimeDelta::days(days_ago),
+            received_at: now,
+        };
+        let contact_after = |history: &[Event]| {
+            let mut profile = Profile::default();
+            for e in history {
+                profile.observe(
+                    &Observed {
+                        name: &e.name,
+                        properties: &e.properties.0,
+                        occurred_at: e.occurred_at,
+                    },
+                    &rules,
+                );
+            }
+            let created_at = now - TimeDelta::days(400);
+            profile.settle(created_at, 0, None, now, &rules);
+            Contact {
+                id: "c-1".to_owned(),
+                email: "c-1@example.com".to_owned(),
+                attributes: Json(json!({})),
+                subscribed: true,
+                created_at,
+                updated_at: created_at,
+                profile: Json(profile.to_json()),
+            }
+        };
+        let view = event("page_viewed", json!({}), 10);
+        let open = event("email_opened", json!({}), 1);
+        let active_viewer = contact_after(&[view.clone(), open.clone()]);
+
+        let again = [&event("page_viewed", json!({}), 0)];
+        assert_eq!(fold(&rules, &active_viewer, &again, now), Fold::Unchanged);
+        let machine = [&event("email_opened", json!({ "machine": true }), 0)];
+        assert_eq!(fold(&rules, &active_viewer, &machine, now), Fold::Unchanged);
+        let older = [&event("email_opened", json!({}), 5)];
+        assert_eq!(fold(&rules, &active_viewer, &older, now), Fold::Unchanged);
+        // A first click moves the lifecycle stage on (to consideration).
+        let click = [&event("email_clicked", json!({}), 0)];
+        assert_eq!(fold(&rules, &active_viewer, &click, now), Fold::Changed);
+        match fold(
+            &rules,
+            &active_viewer,
+            &[&event("email_opened", json!({}), 0)],
+            now,
+        ) {
+            Fold::Quiet(profile) => assert_eq!(profile.last_engaged_at, Some(now)),
+            other => panic!("an active reader opening again is quiet, got {other:?}"),
+        }
+        let order = [&event("order_placed", json!({ "total": 20 }), 0)];
+        assert_eq!(fold(&rules, &active_viewer, &order, now), Fold::Changed);
+
+        let lapsed = contact_after(&[view.clone(), event("email_opened", json!({}), 200)]);
+        let open_now = [&event("email_opened", json!({}), 0)];
+        assert_eq!(fold(&rules, &lapsed, &open_now, now), Fold::Changed);
+        let stranger = contact_after(&[]);
+        assert_eq!(fold(&rules, &stranger, &again, now), Fold::Changed);
+    }
 
     /// A worker on a new SQLite database in `dir`, with `segment` (YAML) if given, on a manual
     /// clock at 2026-03-01 09:00, its first recompute done.

@@ -342,7 +342,8 @@ both_backends!(dormant_subscribers_are_sunset);
 
 /// One event's evaluation reads what decides beyond the contact's events: the messages sent to
 /// a contact who never engaged (dormant after enough of them) and the high-value threshold the
-/// last refresh stored (a big first order is high-value at once).
+/// last refresh stored (a big first order is high-value at once). Product views evaluate (a
+/// segment reads them); a page view that leaves the profile as it was would not.
 async fn an_event_weighs_sent_messages_and_the_stored_threshold(db: Db) {
     let env = vec![(
         "HERALD_PROFILE__DORMANT_AFTER_SENDS".to_owned(),
@@ -374,7 +375,7 @@ async fn an_event_weighs_sent_messages_and_the_stored_threshold(db: Db) {
         let mut tx = app.core.store.write().await.expect("write");
         tx.run(sent(n)).await.expect("a sent message");
         tx.commit().await.expect("commit");
-        app.event("quiet", "page_viewed", json!({"path": "/"}))
+        app.event("quiet", "product_viewed", json!({"sku": "s-1"}))
             .await;
         let dormant = profile_of(&app, "quiet").await["engagement"] == "dormant";
         assert_eq!(
