@@ -124,16 +124,7 @@ enum Fold {
 fn fold(rules: &ProfileRules, contact: &Contact, events: &[&Event], now: DateTime<Utc>) -> Fold {
     let before = Profile::from_json(&contact.profile.0);
     let mut after = before.clone();
-    for e in events {
-        after.observe(
-            &Observed {
-                name: &e.name,
-                properties: &e.properties.0,
-                occurred_at: e.occurred_at,
-            },
-            rules,
-        );
-    }
+    observe_all(&mut after, events, rules);
     if after == before {
         return Fold::Unchanged;
     }
@@ -143,6 +134,20 @@ fn fold(rules: &ProfileRules, contact: &Contact, events: &[&Event], now: DateTim
         Fold::Quiet(after)
     } else {
         Fold::Changed
+    }
+}
+
+/// Folds stored events into `profile`.
+fn observe_all(profile: &mut Profile, events: &[&Event], rules: &ProfileRules) {
+    for e in events {
+        profile.observe(
+            &Observed {
+                name: &e.name,
+                properties: &e.properties.0,
+                occurred_at: e.occurred_at,
+            },
+            rules,
+        );
     }
 }
 
@@ -215,16 +220,7 @@ async fn refresh(
     now: DateTime<Utc>,
 ) -> Result<Contact> {
     let mut profile = Profile::from_json(&contact.profile.0);
-    for event in observed {
-        profile.observe(
-            &Observed {
-                name: &event.name,
-                properties: &event.properties.0,
-                occurred_at: event.occurred_at,
-            },
-            &core.profile_rules,
-        );
-    }
+    observe_all(&mut profile, observed, &core.profile_rules);
     let ids = [contact.id.clone()];
     let reads = fact_reads(core, false, now);
     // The sent count decides only for a contact who never engaged, the threshold only for a
@@ -1445,16 +1441,7 @@ mod tests {
         };
         let contact_after = |history: &[Event]| {
             let mut profile = Profile::default();
-            for e in history {
-                profile.observe(
-                    &Observed {
-                        name: &e.name,
-                        properties: &e.properties.0,
-                        occurred_at: e.occurred_at,
-                    },
-                    &rules,
-                );
-            }
+            observe_all(&mut profile, &history.iter().collect::<Vec<_>>(), &rules);
             let created_at = now - TimeDelta::days(400);
             profile.settle(created_at, 0, None, now, &rules);
             Contact {
