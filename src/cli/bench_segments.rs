@@ -5,6 +5,7 @@
 //! of one event (its whole ingest transaction, p50 and p99), (3) the sweep of each simulated
 //! hour on a manual clock, and reports the peak RSS.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -158,24 +159,27 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     // On a runtime worker, where `serve` runs a request's ingest: the command's own future is
     // polled on the main thread, which a worker has to wake for every database response.
-    let mut latencies = tokio::spawn(time_events(
+    let timed = tokio::spawn(time_events(
         Arc::clone(&core),
         args.samples,
         args.contacts,
         rng,
     ))
     .await??;
-    latencies.sort();
-    let pct = |p: f64| {
-        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies.get(i).copied().unwrap_or_default()
-    };
+    let (p50, p99) = percentiles(timed.iter().map(|(_, d)| *d).collect());
     println!(
-        "incremental, one event (whole ingest transaction, {} samples): p50 {:.3} ms, p99 {:.3} ms",
-        latencies.len(),
-        ms(pct(0.50)),
-        ms(pct(0.99))
+        "incremental, one event (whole ingest transaction, {} samples): p50 {p50:.3} ms, p99 {p99:.3} ms",
+        timed.len(),
     );
+    let mut by_name: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    for (name, took) in &timed {
+        by_name.entry(name).or_default().push(*took);
+    }
+    for (name, latencies) in by_name {
+        let n = latencies.len();
+        let (p50, p99) = percentiles(latencies);
+        println!("  {name}: {n} samples, p50 {p50:.3} ms, p99 {p99:.3} ms");
+    }
 
     let mut hours = Vec::new();
     let mut visited = 0;
@@ -205,7 +209,7 @@ async fn time_events(
     samples: usize,
     contacts: usize,
     mut rng: StdRng,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<Vec<(&'static str, Duration)>> {
     let mut latencies = Vec::with_capacity(samples);
     for i in 0..samples {
         let contact = rng.random_range(0..contacts);
@@ -219,9 +223,19 @@ async fn time_events(
         };
         let started = Instant::now();
         core.ingest_events(vec![input]).await?;
-        latencies.push(started.elapsed());
+        latencies.push((name, started.elapsed()));
     }
     Ok(latencies)
+}
+
+/// The median and 99th percentile of `latencies`, in milliseconds.
+fn percentiles(mut latencies: Vec<Duration>) -> (f64, f64) {
+    latencies.sort();
+    let pct = |p: f64| {
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies.get(i).copied().map(ms).unwrap_or_default()
+    };
+    (pct(0.50), pct(0.99))
 }
 
 fn ms(d: Duration) -> f64 {
