@@ -96,7 +96,7 @@ impl<C: Send + Sync + 'static> GroupCommit<C> {
         if store.backend() == Backend::Postgres {
             // PostgreSQL runs concurrent transactions on separate connections and groups their
             // WAL flushes itself; one shared transaction would only serialize them.
-            let mut tx = store.write().await?;
+            let mut tx = store.keyed_write().await?;
             let value = op(ctx, &mut tx).await?;
             tx.commit().await?;
             return Ok(value);

@@ -244,6 +244,20 @@ impl Store {
         })
     }
 
+    /// Starts a write transaction for short work on a few rows found by key (an event, a
+    /// journey step, a receipt). On PostgreSQL its statements run on one generic plan each:
+    /// the planner would otherwise plan some of them (those binding an array of ids) for
+    /// every execution, which measured more than running them.
+    pub async fn keyed_write(&self) -> Result<Tx> {
+        Ok(match self {
+            Store::Sqlite { .. } => self.write().await?,
+            Store::Postgres(pool) => Tx::Postgres(
+                pool.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
+                    .await?,
+            ),
+        })
+    }
+
     /// Starts a read-only transaction (a consistent snapshot).
     pub async fn read(&self) -> Result<Tx> {
         Ok(match self {

@@ -756,6 +756,34 @@ async fn batch_transactions_plan_by_index() {
 }
 postgres_only!(batch_transactions_plan_by_index);
 
+/// The short keyed transactions events and journey steps run in plan each statement once: the
+/// planner's default would plan some of them for every execution.
+async fn keyed_writes_reuse_generic_plans() {
+    let app = app(Db::Postgres).await;
+    let mut tx = app.core.store.keyed_write().await.expect("keyed write");
+    assert_eq!(
+        setting(&mut tx, "plan_cache_mode").await,
+        "force_generic_plan"
+    );
+    let lookup = "SELECT count(*) FROM contacts WHERE id = ANY($1)";
+    for id in ["c-1", "c-2", "c-3"] {
+        let q = Sql::new(lookup).set(Backend::Postgres, [id]);
+        tx.one::<(i64,)>(q).await.expect("lookup");
+    }
+    let q = Sql::new(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+    )
+    .arg(lookup);
+    let (generic, custom): (i64, i64) = tx.one(q).await.expect("plans");
+    assert_eq!((generic, custom), (3, 0));
+    tx.commit().await.expect("commit");
+    let mut tx = app.core.store.write().await.expect("write");
+    assert_eq!(setting(&mut tx, "plan_cache_mode").await, "auto");
+    tx.commit().await.expect("commit");
+    app.finish().await;
+}
+postgres_only!(keyed_writes_reuse_generic_plans);
+
 /// Every text column compares bytewise, as on SQLite: under a libc locale each index
 /// comparison would go through strcoll, and two columns of different collations cannot be
 /// compared at all, so a later migration's column without `COLLATE "C"` fails here.
