@@ -2,8 +2,8 @@
 //! (contacts, and events over two years: page and product views, carts, orders, opens and
 //! clicks, a third of the opens from privacy proxies), with the ten example segments, then
 //! measures (1) the full recompute of every profile and membership, (2) the incremental cost
-//! of one event (its whole ingest transaction, p50 and p99), (3) the sweep of each simulated
-//! hour on a manual clock, and reports the peak RSS.
+//! of one event (its whole ingest transaction, p50 and p99, overall and per event name), (3)
+//! the sweep of each simulated hour on a manual clock, and reports the peak RSS.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;

@@ -1456,7 +1456,7 @@ mod tests {
         };
         let view = event("page_viewed", json!({}), 10);
         let open = event("email_opened", json!({}), 1);
-        let active_viewer = contact_after(&[view.clone(), open.clone()]);
+        let active_viewer = contact_after(&[view.clone(), open]);
 
         let again = [&event("page_viewed", json!({}), 0)];
         assert_eq!(fold(&rules, &active_viewer, &again, now), Fold::Unchanged);
@@ -1479,7 +1479,7 @@ mod tests {
         let order = [&event("order_placed", json!({ "total": 20 }), 0)];
         assert_eq!(fold(&rules, &active_viewer, &order, now), Fold::Changed);
 
-        let lapsed = contact_after(&[view.clone(), event("email_opened", json!({}), 200)]);
+        let lapsed = contact_after(&[view, event("email_opened", json!({}), 200)]);
         let open_now = [&event("email_opened", json!({}), 0)];
         assert_eq!(fold(&rules, &lapsed, &open_now, now), Fold::Changed);
         let stranger = contact_after(&[]);
