@@ -40,6 +40,8 @@ const IN_FLIGHT: usize = 3;
 pub const RECOMPUTE_JOB: &str = "segment_recompute";
 pub const REFRESH_JOB: &str = "profile_refresh";
 const THRESHOLD_KEY: &str = "profile.high_value_threshold";
+/// The profile field of the last human engagement, as conditions name it.
+const LAST_ENGAGED_AT: &str = "last_engaged_at";
 const REFRESH_AT_KEY: &str = "profile.refresh_next";
 const REFRESHED_KEY: &str = "profile.refreshed_at";
 
@@ -91,7 +93,7 @@ pub async fn on_event(
     if !core.segments.event_names().contains(&event.name) {
         // Only the profile reads it: most such events (another page view, a machine open)
         // change nothing a segment reads, and need no read of the contact's facts.
-        match fold(&core.profile_rules, contact, &[event], now) {
+        match fold(core, contact, &[event], now) {
             Fold::Unchanged => return Ok(contact.clone()),
             Fold::Quiet(profile) => {
                 let mut contact = contact.clone();
@@ -113,15 +115,27 @@ enum Fold {
     /// Nothing: the profile is as stored.
     Unchanged,
     /// Only `last_engaged_at` moved, within the same engagement tier (an active reader opening
-    /// again): the new profile is written alone, and the sweep finds the later lapse instant
-    /// when the earlier one comes.
+    /// again), and no segment reads it: the new profile is written alone, and the sweep finds
+    /// the later lapse instant when the earlier one comes.
     Quiet(Profile),
     /// The engagement tier, purchases or lifecycle changed: the contact is re-evaluated.
     Changed,
 }
 
 /// Folds `events`, which no segment reads, into `contact`'s stored profile.
-fn fold(rules: &ProfileRules, contact: &Contact, events: &[&Event], now: DateTime<Utc>) -> Fold {
+fn fold(core: &Core, contact: &Contact, events: &[&Event], now: DateTime<Utc>) -> Fold {
+    let quiet_allowed = !core.segments.reads_attribute(LAST_ENGAGED_AT);
+    fold_with(&core.profile_rules, quiet_allowed, contact, events, now)
+}
+
+/// [`fold`], with whether a change of `last_engaged_at` alone may be quiet.
+fn fold_with(
+    rules: &ProfileRules,
+    quiet_allowed: bool,
+    contact: &Contact,
+    events: &[&Event],
+    now: DateTime<Utc>,
+) -> Fold {
     let before = Profile::from_json(&contact.profile.0);
     let mut after = before.clone();
     observe_all(&mut after, events, rules);
@@ -130,7 +144,11 @@ fn fold(rules: &ProfileRules, contact: &Contact, events: &[&Event], now: DateTim
     }
     let same_tier = after.last_engaged_at.is_some()
         && after.engagement_at(contact.created_at, 0, now, rules).0 == before.engagement;
-    if same_tier && after.purchase == before.purchase && after.lifecycle == before.lifecycle {
+    if quiet_allowed
+        && same_tier
+        && after.purchase == before.purchase
+        && after.lifecycle == before.lifecycle
+    {
         Fold::Quiet(after)
     } else {
         Fold::Changed
@@ -175,7 +193,7 @@ pub async fn observe_batch(
         let Some(events) = by_contact.get(contact.id.as_str()) else {
             continue;
         };
-        match fold(&core.profile_rules, &contact, events, now) {
+        match fold(core, &contact, events, now) {
             Fold::Unchanged => {}
             Fold::Quiet(profile) => {
                 let orders = profile.purchase.orders;
@@ -1459,31 +1477,52 @@ mod tests {
         let active_viewer = contact_after(&[view.clone(), open]);
 
         let again = [&event("page_viewed", json!({}), 0)];
-        assert_eq!(fold(&rules, &active_viewer, &again, now), Fold::Unchanged);
+        assert_eq!(
+            fold_with(&rules, true, &active_viewer, &again, now),
+            Fold::Unchanged
+        );
         let machine = [&event("email_opened", json!({ "machine": true }), 0)];
-        assert_eq!(fold(&rules, &active_viewer, &machine, now), Fold::Unchanged);
+        assert_eq!(
+            fold_with(&rules, true, &active_viewer, &machine, now),
+            Fold::Unchanged
+        );
         let older = [&event("email_opened", json!({}), 5)];
-        assert_eq!(fold(&rules, &active_viewer, &older, now), Fold::Unchanged);
+        assert_eq!(
+            fold_with(&rules, true, &active_viewer, &older, now),
+            Fold::Unchanged
+        );
         // A first click moves the lifecycle stage on (to consideration).
         let click = [&event("email_clicked", json!({}), 0)];
-        assert_eq!(fold(&rules, &active_viewer, &click, now), Fold::Changed);
-        match fold(
-            &rules,
-            &active_viewer,
-            &[&event("email_opened", json!({}), 0)],
-            now,
-        ) {
+        assert_eq!(
+            fold_with(&rules, true, &active_viewer, &click, now),
+            Fold::Changed
+        );
+        let open_now = [&event("email_opened", json!({}), 0)];
+        match fold_with(&rules, true, &active_viewer, &open_now, now) {
             Fold::Quiet(profile) => assert_eq!(profile.last_engaged_at, Some(now)),
             other => panic!("an active reader opening again is quiet, got {other:?}"),
         }
+        // Unless a segment reads `last_engaged_at` itself.
+        assert_eq!(
+            fold_with(&rules, false, &active_viewer, &open_now, now),
+            Fold::Changed
+        );
         let order = [&event("order_placed", json!({ "total": 20 }), 0)];
-        assert_eq!(fold(&rules, &active_viewer, &order, now), Fold::Changed);
+        assert_eq!(
+            fold_with(&rules, true, &active_viewer, &order, now),
+            Fold::Changed
+        );
 
         let lapsed = contact_after(&[view, event("email_opened", json!({}), 200)]);
-        let open_now = [&event("email_opened", json!({}), 0)];
-        assert_eq!(fold(&rules, &lapsed, &open_now, now), Fold::Changed);
+        assert_eq!(
+            fold_with(&rules, true, &lapsed, &open_now, now),
+            Fold::Changed
+        );
         let stranger = contact_after(&[]);
-        assert_eq!(fold(&rules, &stranger, &again, now), Fold::Changed);
+        assert_eq!(
+            fold_with(&rules, true, &stranger, &again, now),
+            Fold::Changed
+        );
     }
 
     /// A worker on a new SQLite database in `dir`, with `segment` (YAML) if given, on a manual

@@ -24,6 +24,8 @@ pub struct Segments {
     event_names: BTreeSet<String>,
     /// How far back conditions look at each event name, and whether they read properties.
     reads: BTreeMap<String, Read>,
+    /// The contact attributes (and profile fields) conditions read, by their first path part.
+    attributes: BTreeSet<String>,
 }
 
 /// What segment conditions read of one event name.
@@ -110,13 +112,15 @@ impl Segments {
         let mut slots: Vec<Option<SegmentDef>> = defs.into_iter().map(Some).collect();
         let ordered: Vec<SegmentDef> = order.iter().filter_map(|&i| slots[i].take()).collect();
         let mut reads = BTreeMap::new();
+        let mut attributes = BTreeSet::new();
         for def in &ordered {
-            collect_reads(&def.matcher, &mut reads);
+            collect_reads(&def.matcher, &mut reads, &mut attributes);
         }
         Ok(Segments {
             ordered,
             event_names: reads.keys().cloned().collect(),
             reads,
+            attributes,
         })
     }
 
@@ -151,6 +155,11 @@ impl Segments {
         &self.reads
     }
 
+    /// Whether some condition reads the contact attribute (or profile field) `name`.
+    pub fn reads_attribute(&self, name: &str) -> bool {
+        self.attributes.contains(name)
+    }
+
     /// What a segment's membership is computed from, so a changed definition (or a changed
     /// segment it refers to) is recomputed.
     pub fn spec(&self, name: &str) -> String {
@@ -171,7 +180,11 @@ impl Segments {
     }
 }
 
-fn collect_reads(cond: &Condition, reads: &mut BTreeMap<String, Read>) {
+fn collect_reads(
+    cond: &Condition,
+    reads: &mut BTreeMap<String, Read>,
+    attributes: &mut BTreeSet<String>,
+) {
     match cond {
         Condition::Event(ec) => {
             let read = Read {
@@ -192,10 +205,14 @@ fn collect_reads(cond: &Condition, reads: &mut BTreeMap<String, Read>) {
         }
         Condition::All(items) | Condition::Any(items) => {
             for c in items {
-                collect_reads(c, reads);
+                collect_reads(c, reads, attributes);
             }
         }
-        Condition::Not(inner) => collect_reads(inner, reads),
+        Condition::Not(inner) => collect_reads(inner, reads, attributes),
+        Condition::Attribute { path, .. } => {
+            let first = path.split('.').next().unwrap_or(path);
+            attributes.insert(first.to_owned());
+        }
         _ => {}
     }
 }

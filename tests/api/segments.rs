@@ -340,6 +340,29 @@ async fn dormant_subscribers_are_sunset(db: Db) {
 }
 both_backends!(dormant_subscribers_are_sunset);
 
+/// A segment that reads `last_engaged_at` itself follows every open at once, even one that
+/// leaves the engagement tier as it was (a new contact is active from signing up).
+async fn a_segment_on_the_last_engagement_follows_each_open(db: Db) {
+    let app = TestApp::spawn_with(db, Options::default(), |dir| {
+        std::fs::remove_file(dir.join("workflows/holiday-gift-guide.yaml")).expect("remove");
+        std::fs::write(
+            dir.join("segments/ever-engaged.yaml"),
+            "name: ever-engaged\nmatch:\n  - attribute: last_engaged_at\n    exists: true\n",
+        )
+        .expect("segment");
+    })
+    .await;
+    app.run_due().await;
+    app.contact("ana", "ana@example.com", json!({})).await;
+    let ever = "ever-engaged".to_owned();
+    assert!(!segments_of(&app, "ana").await.contains(&ever));
+    app.event("ana", "email_opened", json!({})).await;
+    assert_eq!(profile_of(&app, "ana").await["engagement"], "active");
+    assert!(segments_of(&app, "ana").await.contains(&ever));
+    app.finish().await;
+}
+both_backends!(a_segment_on_the_last_engagement_follows_each_open);
+
 /// One event's evaluation reads what decides beyond the contact's events: the messages sent to
 /// a contact who never engaged (dormant after enough of them) and the high-value threshold the
 /// last refresh stored (a big first order is high-value at once). Product views evaluate (a
