@@ -17,7 +17,8 @@ use sqlx::types::Json;
 
 use super::evaluate::{Fact, Facts, evaluate_all};
 use super::profile::{
-    Observed, Profile, ProfileRules, Purchaser, Rfm, Stage, high_value_threshold, rfm_scores,
+    LAST_ENGAGED_AT, Observed, Profile, ProfileRules, Purchaser, Rfm, Stage, high_value_threshold,
+    rfm_scores,
 };
 use super::{ENTERED, EXITED};
 use crate::core::Core;
@@ -40,8 +41,6 @@ const IN_FLIGHT: usize = 3;
 pub const RECOMPUTE_JOB: &str = "segment_recompute";
 pub const REFRESH_JOB: &str = "profile_refresh";
 const THRESHOLD_KEY: &str = "profile.high_value_threshold";
-/// The profile field of the last human engagement, as conditions name it.
-const LAST_ENGAGED_AT: &str = "last_engaged_at";
 const REFRESH_AT_KEY: &str = "profile.refresh_next";
 const REFRESHED_KEY: &str = "profile.refreshed_at";
 
@@ -96,9 +95,7 @@ pub async fn on_event(
         match fold(core, contact, &[event], now) {
             Fold::Unchanged => return Ok(contact.clone()),
             Fold::Quiet(profile) => {
-                let mut contact = contact.clone();
-                let orders = profile.purchase.orders;
-                contact.profile = Json(profile.to_json());
+                let (contact, orders) = with_profile(contact.clone(), &profile);
                 tx.store_profiles(&[(contact.id.as_str(), &contact.profile.0, orders)])
                     .await?;
                 return Ok(contact);
@@ -155,6 +152,12 @@ fn fold_with(
     }
 }
 
+/// `contact` with `profile` as its stored profile, and the order count written beside it.
+fn with_profile(mut contact: Contact, profile: &Profile) -> (Contact, i64) {
+    contact.profile = Json(profile.to_json());
+    (contact, profile.purchase.orders)
+}
+
 /// Folds stored events into `profile`.
 fn observe_all(profile: &mut Profile, events: &[&Event], rules: &ProfileRules) {
     for e in events {
@@ -189,17 +192,13 @@ pub async fn observe_batch(
     // Locked as read, so the profiles built on here are the latest committed.
     let contacts = tx.lock_and_get_contacts(&ids).await?;
     let mut quiet = Vec::new();
-    for mut contact in contacts {
+    for contact in contacts {
         let Some(events) = by_contact.get(contact.id.as_str()) else {
             continue;
         };
         match fold(core, &contact, events, now) {
             Fold::Unchanged => {}
-            Fold::Quiet(profile) => {
-                let orders = profile.purchase.orders;
-                contact.profile = Json(profile.to_json());
-                quiet.push((contact, orders));
-            }
+            Fold::Quiet(profile) => quiet.push(with_profile(contact, &profile)),
             Fold::Changed => {
                 refresh(tx, core, &contact, events, now).await?;
             }

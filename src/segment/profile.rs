@@ -13,11 +13,14 @@ use crate::workflow::condition::{as_number, lookup};
 use crate::workflow::model::Duration;
 use crate::workflow::timing::parse_cron;
 
+/// The profile field of the last human engagement, as contact views and conditions name it.
+pub const LAST_ENGAGED_AT: &str = "last_engaged_at";
+
 /// The profile keys that contact views take from the computed profile, over any attribute of
 /// the same name.
 pub const PROFILE_KEYS: &[&str] = &[
     "engagement",
-    "last_engaged_at",
+    LAST_ENGAGED_AT,
     "purchase",
     "rfm",
     "lifecycle",
