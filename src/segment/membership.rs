@@ -17,7 +17,7 @@ use sqlx::types::Json;
 
 use super::evaluate::{Fact, Facts, evaluate_all};
 use super::profile::{
-    LAST_ENGAGED_AT, Observed, Profile, ProfileRules, Purchaser, Rfm, Stage, high_value_threshold,
+    LAST_ENGAGED_AT, Observed, Profile, ProfileRules, Purchaser, Rfm, high_value_threshold,
     rfm_scores,
 };
 use super::{ENTERED, EXITED};
@@ -506,43 +506,36 @@ async fn decide_batch(
         Profiles::Stored => threshold(core, inputs.meta.as_deref()),
         Profiles::Rebuilt(scoring) => scoring.threshold,
     };
-    let (tiers, engaged, stages) = if rebuild {
-        let tiers = core.profile_rules.stage_tiers();
-        let names: Vec<&[&str]> = tiers.iter().map(|(_, names)| names.as_slice()).collect();
-        let engaged = tx.last_engagements(&ids).await?;
-        let stages = tx.first_tiers_reached(&ids, &names).await?;
-        (tiers, engaged, stages)
-    } else {
-        (Vec::new(), HashMap::new(), HashMap::new())
+    let states: Vec<ContactState> = contacts
+        .iter()
+        .map(|c| ContactState::take(&c.id, &mut facts, &members, &dues))
+        .collect();
+    let profiles: Vec<Profile> = match profiles {
+        Profiles::Rebuilt(scoring) => {
+            let mut rebuilt: Vec<Profile> = contacts
+                .iter()
+                .zip(&states)
+                .map(|(contact, state)| rebuild_profile(core, contact, &state.events, scoring))
+                .collect();
+            reach(tx, core, contacts, &mut rebuilt).await?;
+            rebuilt
+        }
+        Profiles::Stored => contacts
+            .iter()
+            .map(|c| Profile::from_json(&c.profile.0))
+            .collect(),
     };
     let mut decisions = Vec::with_capacity(contacts.len());
-    for contact in contacts {
-        let state = ContactState::take(&contact.id, &mut facts, &members, &dues);
-        let profile = match profiles {
-            Profiles::Rebuilt(scoring) => {
-                let reached = Reached {
-                    last_engaged_at: engaged.get(&contact.id).copied(),
-                    stage: stages.get(&contact.id).map(|&i| tiers[i].0),
-                };
-                let mut profile = rebuild_profile(core, contact, &state.events, reached);
-                if let Some(rfm) = scoring.of(&contact.id) {
-                    profile.rfm = Some(rfm.clone());
-                }
-                profile
-            }
-            Profiles::Stored => Profile::from_json(&contact.profile.0),
-        };
+    for ((contact, state), profile) in contacts.iter().zip(&states).zip(profiles) {
         let sent = sends.get(&contact.id).copied().unwrap_or(0);
-        decisions.push(decide(
-            core, contact, profile, &state, sent, high_value, now,
-        ));
+        decisions.push(decide(core, contact, profile, state, sent, high_value, now));
     }
     Ok((decisions, members))
 }
 
 /// Which events to read, by name: since when, and whether with properties. Segments need each
 /// name back to their longest window; rebuilding profiles needs every order (the last
-/// engagement and the furthest lifecycle stage are read on their own, see [`Reached`]).
+/// engagement and the furthest lifecycle stage are read on their own, see [`reach`]).
 fn fact_reads(
     core: &Core,
     rebuild: bool,
@@ -580,26 +573,19 @@ fn as_reads(reads: &[(String, DateTime<Utc>, bool)]) -> Vec<FactRead<'_>> {
         .collect()
 }
 
-/// What a profile rebuild reads by index probes rather than event by event.
-struct Reached {
-    /// The last human open or click (`Tx::last_engagements`).
-    last_engaged_at: Option<DateTime<Utc>>,
-    /// The furthest lifecycle stage any event leads to (`Tx::first_tiers_reached`).
-    stage: Option<Stage>,
-}
-
-/// The profile from the contact's events alone, keeping the population scores last computed.
-/// Engagement comes from `reached` only: engagement events among `events` (read for segments,
-/// perhaps without the properties that tell machine opens apart) do not count.
+/// The profile from the contact's events alone, keeping the population scores of `scoring`;
+/// [`reach`] completes it. Engagement comes from there only: engagement events among `events`
+/// (read for segments, perhaps without the properties that tell machine opens apart) do not
+/// count.
 fn rebuild_profile(
     core: &Core,
     contact: &Contact,
     events: &HashMap<String, Vec<Fact>>,
-    reached: Reached,
+    scoring: &Scoring,
 ) -> Profile {
     let stored = Profile::from_json(&contact.profile.0);
     let mut profile = Profile {
-        rfm: stored.rfm,
+        rfm: scoring.of(&contact.id).cloned().or(stored.rfm),
         ..Profile::default()
     };
     for (name, facts) in events {
@@ -614,9 +600,41 @@ fn rebuild_profile(
             );
         }
     }
-    profile.last_engaged_at = reached.last_engaged_at;
-    profile.lifecycle = profile.lifecycle.max(reached.stage);
+    profile.last_engaged_at = None;
     profile
+}
+
+/// Completes rebuilt profiles with what is read by index probes rather than event by event:
+/// the last human open or click (`Tx::last_engagements`), and the furthest lifecycle stage any
+/// event leads to (`Tx::first_tiers_reached`), probing for each contact only the stages beyond
+/// the one its events read so far (its orders, say) already reach.
+async fn reach(
+    tx: &mut Tx,
+    core: &Core,
+    contacts: &[Contact],
+    profiles: &mut [Profile],
+) -> Result<()> {
+    let ids: Vec<String> = contacts.iter().map(|c| c.id.clone()).collect();
+    let engaged = tx.last_engagements(&ids).await?;
+    let tiers = core.profile_rules.stage_tiers();
+    let names: Vec<&[&str]> = tiers.iter().map(|(_, names)| names.as_slice()).collect();
+    // Tiers run furthest first, so the ones worth probing are a prefix.
+    let beyond: Vec<(&str, usize)> = contacts
+        .iter()
+        .zip(profiles.iter())
+        .map(|(c, p)| {
+            let further = tiers.iter().take_while(|(s, _)| Some(*s) > p.lifecycle);
+            (c.id.as_str(), further.count())
+        })
+        .filter(|(_, further)| *further > 0)
+        .collect();
+    let stages = tx.first_tiers_reached(&beyond, &names).await?;
+    for (contact, profile) in contacts.iter().zip(profiles.iter_mut()) {
+        profile.last_engaged_at = engaged.get(&contact.id).copied();
+        let reached = stages.get(&contact.id).map(|&i| tiers[i].0);
+        profile.lifecycle = profile.lifecycle.max(reached);
+    }
+    Ok(())
 }
 
 /// Re-evaluates every contact whose due instant has come. Returns how many were looked at.

@@ -536,13 +536,13 @@ impl Tx {
         Ok(found)
     }
 
-    /// For each contact, the index of the first of `tiers` (lists of event names) that it has
-    /// any event of; contacts with none are left out. Each tier is an index probe per contact,
-    /// tried in order until one hits, so a contact with thousands of page views costs a probe,
-    /// not a row per view.
+    /// For each `(contact, k)`, the index of the first of the first `k` of `tiers` (lists of
+    /// event names) that the contact has any event of; contacts with none are left out. Each
+    /// tier is an index probe per contact, tried in order until one hits, so a contact with
+    /// thousands of page views costs a probe, not a row per view.
     pub async fn first_tiers_reached(
         &mut self,
-        contact_ids: &[String],
+        contacts: &[(&str, usize)],
         tiers: &[&[&str]],
     ) -> Result<std::collections::HashMap<String, usize>> {
         let tiers: Vec<(usize, &&[&str])> = tiers
@@ -561,14 +561,23 @@ impl Tx {
             Backend::Sqlite => "",
             Backend::Postgres => " OFFSET 0",
         };
-        for chunk in contact_ids.chunks(1000) {
+        for chunk in contacts.chunks(1000) {
             let mut p = Params::new(self.backend());
-            let contacts = contacts_as_v(&mut p, chunk.len());
+            let rows = match p.backend() {
+                Backend::Sqlite => format!("WITH v (id, k) AS (VALUES {})", p.rows(chunk.len(), 2)),
+                Backend::Postgres => format!(
+                    "WITH v (id, k) AS (SELECT * FROM unnest({}::text[], {}::int8[]))",
+                    p.one(),
+                    p.one()
+                ),
+            };
+            // `k > i` first: both engines stop at a false operand, so a tier the contact is
+            // known to have reached costs no probe.
             let cases: Vec<String> = tiers
                 .iter()
                 .map(|(i, names)| {
                     format!(
-                        "WHEN EXISTS (SELECT 1 FROM events e WHERE e.contact_id = v.id
+                        "WHEN v.k > {i} AND EXISTS (SELECT 1 FROM events e WHERE e.contact_id = v.id
                            AND e.name IN ({}){fence}) THEN CAST({i} AS BIGINT)",
                         p.list(names.len())
                     )
@@ -577,11 +586,18 @@ impl Tx {
             // Contacts without a tier come back as NULL and are dropped here: a `WHERE` on
             // the tier would make both engines evaluate the probes twice.
             let sql = format!(
-                "{contacts} SELECT v.id, CASE {} END AS tier FROM v",
+                "{rows} SELECT v.id, CASE {} END AS tier FROM v",
                 cases.join(" ")
             );
             // Only placeholders and tier numbers are spliced in; every value is bound.
-            let mut q = Sql::new(sql).set(self.backend(), chunk.iter().map(String::as_str));
+            let mut q = Sql::new(sql);
+            let k = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            q = match self.backend() {
+                Backend::Sqlite => chunk.iter().fold(q, |q, (id, n)| q.arg(*id).arg(k(*n))),
+                Backend::Postgres => q
+                    .arg(texts(chunk.iter().map(|(id, _)| *id)))
+                    .arg(List::Int(chunk.iter().map(|(_, n)| k(*n)).collect())),
+            };
             for (_, names) in &tiers {
                 for name in names.iter() {
                     q = q.arg(*name);

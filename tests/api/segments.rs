@@ -308,6 +308,56 @@ async fn a_recompute_rebuilds_engagement_and_lifecycle(db: Db) {
 }
 both_backends!(a_recompute_rebuilds_engagement_and_lifecycle);
 
+/// A rebuild probes only the lifecycle stages beyond those the events it reads (orders, the
+/// segments' windows) already reach: an order reaches decision without a probe, a review after
+/// it still reaches advocacy, and a second order reaches retention.
+async fn a_recompute_finds_stages_beyond_those_its_reads_reach(db: Db) {
+    let app = app(db).await;
+    let now = app.clock.now();
+    let mut events = Vec::new();
+    let mut stored = |contact: &str, name: &str, properties: Value, days: i64| {
+        let at = now - TimeDelta::days(days);
+        events.push(herald::store::Event {
+            id: format!("imported-{}", events.len()),
+            contact_id: contact.to_owned(),
+            name: name.to_owned(),
+            properties: sqlx::types::Json(properties),
+            occurred_at: at,
+            received_at: at,
+        });
+    };
+    for (id, email) in [
+        ("buyer", "buyer@example.com"),
+        ("reviewer", "reviewer@example.com"),
+        ("repeat", "repeat@example.com"),
+        ("viewer", "viewer@example.com"),
+    ] {
+        app.contact(id, email, json!({})).await;
+        stored(id, "page_viewed", json!({}), 400);
+    }
+    stored("buyer", "order_placed", json!({"total": 20.0}), 300);
+    stored("reviewer", "order_placed", json!({"total": 20.0}), 300);
+    stored("reviewer", "review_posted", json!({}), 290);
+    stored("repeat", "order_placed", json!({"total": 20.0}), 300);
+    stored("repeat", "order_placed", json!({"total": 30.0}), 200);
+    stored("viewer", "product_viewed", json!({}), 2);
+    let mut tx = app.core.store.write().await.expect("write");
+    tx.import_events(&events).await.expect("import");
+    tx.commit().await.expect("commit");
+    app.run_due().await;
+    for (id, stage) in [
+        ("buyer", "decision"),
+        ("reviewer", "advocacy"),
+        ("repeat", "retention"),
+        ("viewer", "consideration"),
+    ] {
+        let profile = profile_of(&app, id).await;
+        assert_eq!(profile["lifecycle"], stage, "{id}: {profile}");
+    }
+    app.finish().await;
+}
+both_backends!(a_recompute_finds_stages_beyond_those_its_reads_reach);
+
 /// A subscriber dormant for good gets one re-engagement mail, then is suppressed.
 async fn dormant_subscribers_are_sunset(db: Db) {
     let app = app(db).await;
