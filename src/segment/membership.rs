@@ -37,7 +37,7 @@ const BATCH: usize = 500;
 /// Purchasers read per page when scoring the population.
 const PAGE: i64 = 5000;
 /// Recompute batches in flight at once on PostgreSQL.
-const IN_FLIGHT: usize = 3;
+const IN_FLIGHT: usize = 5;
 pub const RECOMPUTE_JOB: &str = "segment_recompute";
 pub const REFRESH_JOB: &str = "profile_refresh";
 const THRESHOLD_KEY: &str = "profile.high_value_threshold";
