@@ -39,6 +39,11 @@ const PAGE: i64 = 5000;
 /// Recompute batches in flight at once on PostgreSQL.
 const IN_FLIGHT: usize = 5;
 pub const RECOMPUTE_JOB: &str = "segment_recompute";
+/// A recompute's payload key saying how it takes profiles: [`KEEP_PROFILES`], or (absent) rebuilt.
+const PROFILES_KEY: &str = "profiles";
+/// Profiles as stored: only segment definitions changed, and every event and the scheduled
+/// refresh keep stored profiles current, so rebuilding them would find what is stored.
+const KEEP_PROFILES: &str = "stored";
 pub const REFRESH_JOB: &str = "profile_refresh";
 const THRESHOLD_KEY: &str = "profile.high_value_threshold";
 const REFRESH_AT_KEY: &str = "profile.refresh_next";
@@ -467,6 +472,13 @@ enum Profiles<'a> {
     Rebuilt(&'a Scoring),
 }
 
+impl<'a> Profiles<'a> {
+    /// Rebuilt with `scoring` when there is one, otherwise as stored.
+    fn of(scoring: Option<&'a Scoring>) -> Profiles<'a> {
+        scoring.map_or(Profiles::Stored, Profiles::Rebuilt)
+    }
+}
+
 /// Re-evaluates `contacts` in one transaction.
 async fn evaluate_batch(
     tx: &mut Tx,
@@ -733,11 +745,15 @@ pub async fn sync_definitions(core: &Core) -> Result<()> {
     // The profile rules are stored like a segment, so changing them recomputes profiles.
     let rules = format!("{:?}", core.profile_rules);
     names.push("(profile)".to_owned());
-    changed |= tx.claim_segment_spec("(profile)", &rules, now).await?;
+    let rules_changed = tx.claim_segment_spec("(profile)", &rules, now).await?;
+    changed |= rules_changed;
     changed |= tx.retain_segment_specs(&names).await?;
     if changed {
-        tx.insert_job(&job(RECOMPUTE_JOB, now, core.max_attempts))
-            .await?;
+        let mut recompute = job(RECOMPUTE_JOB, now, core.max_attempts);
+        if !rules_changed {
+            recompute.payload.0[PROFILES_KEY] = json!(KEEP_PROFILES);
+        }
+        tx.insert_job(&recompute).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -795,25 +811,35 @@ pub async fn run_job(core: &Core, job: &Job) -> Result<Outcome> {
     Ok(outcome)
 }
 
-/// Recomputes every contact's profile (scores included, see [`score_orders`]) and memberships,
-/// one batch per transaction with the cursor stored alongside.
+/// Recomputes every contact's memberships, one batch per transaction with the cursor stored
+/// alongside: on the stored profiles when only segments changed ([`KEEP_PROFILES`]), otherwise
+/// with every profile rebuilt from the stored events (scores included, see [`score_orders`]).
 async fn recompute(core: &Core, job: &Job) -> Result<Outcome> {
     // Wall time for the log lines only; it never decides anything.
     let started = std::time::Instant::now();
-    let scoring = Arc::new(score_orders(core).await?);
-    let scored = started.elapsed();
-    tracing::info!(
-        purchasers = scoring.purchasers.len(),
-        scored_ms = scored.as_millis() as u64,
-        "recompute: orders scored, recomputing profiles and memberships"
-    );
+    let keep = job.payload.0.get(PROFILES_KEY).and_then(Value::as_str) == Some(KEEP_PROFILES);
+    let scoring = match keep {
+        true => {
+            tracing::info!("recompute: memberships on the stored profiles");
+            None
+        }
+        false => {
+            let scoring = Arc::new(score_orders(core).await?);
+            tracing::info!(
+                purchasers = scoring.purchasers.len(),
+                scored_ms = started.elapsed().as_millis() as u64,
+                "recompute: orders scored, recomputing profiles and memberships"
+            );
+            Some(scoring)
+        }
+    };
     let outcome = match core.store.backend() {
-        Backend::Sqlite => recompute_read_ahead(core, job, Arc::clone(&scoring)).await?,
-        Backend::Postgres => recompute_in_flight(core, job, &scoring).await?,
+        Backend::Sqlite => recompute_read_ahead(core, job, scoring).await?,
+        Backend::Postgres => recompute_in_flight(core, job, scoring.as_deref()).await?,
     };
     if outcome == Outcome::Done {
         tracing::info!(
-            scored_ms = scored.as_millis() as u64,
+            profiles = if keep { "stored" } else { "rebuilt" },
             total_ms = started.elapsed().as_millis() as u64,
             "recompute finished"
         );
@@ -823,7 +849,11 @@ async fn recompute(core: &Core, job: &Job) -> Result<Outcome> {
 
 /// SQLite: the next batch is read and decided on a reader connection while the writer stores
 /// the current one (see [`Ahead`]).
-async fn recompute_read_ahead(core: &Core, job: &Job, scoring: Arc<Scoring>) -> Result<Outcome> {
+async fn recompute_read_ahead(
+    core: &Core,
+    job: &Job,
+    scoring: Option<Arc<Scoring>>,
+) -> Result<Outcome> {
     let mut payload = job.payload.0.clone();
     let mut batch = Ahead::read(core, &scoring, page_cursor(&payload)).await?;
     loop {
@@ -862,7 +892,7 @@ async fn recompute_read_ahead(core: &Core, job: &Job, scoring: Arc<Scoring>) -> 
 /// is mostly server time). A batch covers a fixed range of ids and starts as soon as the oldest
 /// in flight is done, not when a whole group is; each turns the page only after the one before
 /// committed, so the stored cursor never passes a batch that did not land.
-async fn recompute_in_flight(core: &Core, job: &Job, scoring: &Scoring) -> Result<Outcome> {
+async fn recompute_in_flight(core: &Core, job: &Job, scoring: Option<&Scoring>) -> Result<Outcome> {
     // Each batch holds a pooled connection until it commits, and the next batch's start is
     // read on one more while they wait: with every connection held, that read would wait for
     // batches that wait for it (the pool has at least two).
@@ -905,7 +935,7 @@ async fn recompute_in_flight(core: &Core, job: &Job, scoring: &Scoring) -> Resul
 async fn range_batch(
     core: &Core,
     job: &Job,
-    scoring: &Scoring,
+    scoring: Option<&Scoring>,
     payload: &mut Value,
     (from, to): (&str, Option<&str>),
     after: Option<tokio::sync::oneshot::Receiver<()>>,
@@ -915,7 +945,7 @@ async fn range_batch(
     let mut tx = core.store.write().await?;
     tx.plan_for_batches().await?;
     let contacts = tx.lock_contacts_in(from, to).await?;
-    let profiles = Profiles::Rebuilt(scoring);
+    let profiles = Profiles::of(scoring);
     let (decisions, _) = decide_batch(&mut tx, core, &contacts, profiles, now).await?;
     store(&mut tx, core, &decisions, Cause::Recompute, now).await?;
     if let Some(after) = after
@@ -936,8 +966,8 @@ async fn range_batch(
 }
 
 /// Ends a recompute batch's write transaction: renews the lease with the cursor moved past
-/// `last`, and when no batch comes after (`finish` is the job's scoring) records the scoring
-/// and finishes the job: the recompute has scored every purchaser, so no refresh follows.
+/// `last`, and when no batch comes after (`finish` is `Some`) finishes the job, recording the
+/// job's scoring if it rebuilt profiles: it scored every purchaser, so no refresh follows.
 /// `Some` when the job is over.
 async fn end_batch(
     mut tx: Tx,
@@ -945,7 +975,7 @@ async fn end_batch(
     job: &Job,
     payload: &mut Value,
     last: Option<&str>,
-    finish: Option<&Scoring>,
+    finish: Option<Option<&Scoring>>,
     now: DateTime<Utc>,
 ) -> Result<Option<Outcome>> {
     if !turn_page(&mut tx, core, job, payload, last, now).await? {
@@ -956,7 +986,9 @@ async fn end_batch(
         tx.commit().await?;
         return Ok(None);
     };
-    record_scoring(&mut tx, scoring).await?;
+    if let Some(scoring) = scoring {
+        record_scoring(&mut tx, scoring).await?;
+    }
     tx.finish_job(&job.id, &core.worker_id, job_status::DONE, None, now)
         .await?;
     tx.commit().await?;
@@ -1002,7 +1034,8 @@ macro_rules! on_reader {
 /// that contact decided anew there: a newer event (events are numbered in the order they are
 /// stored), a changed contact row or profile, or a changed membership.
 struct Ahead {
-    scoring: Arc<Scoring>,
+    /// The recompute's scoring when it rebuilds profiles.
+    scoring: Option<Arc<Scoring>>,
     contacts: Vec<Contact>,
     decisions: Vec<Decision>,
     members: HashMap<String, BTreeSet<String>>,
@@ -1014,7 +1047,7 @@ struct Ahead {
 impl Ahead {
     /// Reads on a reader connection (see `on_reader!`): a batch reads tens of thousands of
     /// rows.
-    async fn read(core: &Core, scoring: &Arc<Scoring>, cursor: &str) -> Result<Ahead> {
+    async fn read(core: &Core, scoring: &Option<Arc<Scoring>>, cursor: &str) -> Result<Ahead> {
         let now = core.clock.now();
         on_reader!(core, |tx| Ahead::read_in(tx, core, scoring, cursor, now)
             .await)
@@ -1024,17 +1057,17 @@ impl Ahead {
     async fn read_in(
         tx: &mut Tx,
         core: &Core,
-        scoring: &Arc<Scoring>,
+        scoring: &Option<Arc<Scoring>>,
         cursor: &str,
         now: DateTime<Utc>,
     ) -> Result<Ahead> {
         // Only on SQLite (see `recompute`), where events are numbered.
         let events_seen = tx.newest_event_number().await?.unwrap_or_default();
         let contacts = tx.contacts_after(cursor, BATCH as i64, false).await?;
-        let profiles = Profiles::Rebuilt(scoring);
+        let profiles = Profiles::of(scoring.as_deref());
         let (decisions, members) = decide_batch(tx, core, &contacts, profiles, now).await?;
         Ok(Ahead {
-            scoring: Arc::clone(scoring),
+            scoring: scoring.clone(),
             contacts,
             decisions,
             members,
@@ -1103,7 +1136,7 @@ impl Ahead {
         let decided_again = match again.is_empty() {
             true => Vec::new(),
             false => {
-                let profiles = Profiles::Rebuilt(&self.scoring);
+                let profiles = Profiles::of(self.scoring.as_deref());
                 decide_batch(&mut tx, core, &again, profiles, now).await?.0
             }
         };
@@ -1115,7 +1148,7 @@ impl Ahead {
             .collect();
         store(&mut tx, core, &decisions, Cause::Recompute, now).await?;
         let last = self.contacts.last().map(|c| c.id.as_str());
-        let finish = (self.contacts.len() < BATCH).then_some(&*self.scoring);
+        let finish = (self.contacts.len() < BATCH).then_some(self.scoring.as_deref());
         end_batch(tx, core, job, payload, last, finish, now).await
     }
 }
@@ -1677,7 +1710,7 @@ mod tests {
         tx.import_events(&[imported]).await.expect("import");
         tx.commit().await.expect("commit");
 
-        let scoring = Arc::new(score_orders(&core).await.expect("scores"));
+        let scoring = Some(Arc::new(score_orders(&core).await.expect("scores")));
         let ahead = Ahead::read(&core, &scoring, "").await.expect("read ahead");
         let view = EventInput {
             id: None,

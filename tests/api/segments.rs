@@ -358,6 +358,50 @@ async fn a_recompute_finds_stages_beyond_those_its_reads_reach(db: Db) {
 }
 both_backends!(a_recompute_finds_stages_beyond_those_its_reads_reach);
 
+/// A segment edit is recomputed on the profiles as stored (every event keeps them current);
+/// changed profile rules rebuild them from the stored events first. The order below is stored
+/// as an import stores it, past the profile, so only a rebuild counts it.
+async fn a_segment_edit_keeps_stored_profiles_and_new_rules_rebuild_them(db: Db) {
+    let app = app(db).await;
+    app.contact("c-1", "ana@example.com", json!({})).await;
+    app.run_due().await;
+    let at = app.clock.now() - TimeDelta::days(10);
+    let order = herald::store::Event {
+        id: "imported-order".to_owned(),
+        contact_id: "c-1".to_owned(),
+        name: "order_placed".to_owned(),
+        properties: sqlx::types::Json(json!({"total": 20.0})),
+        occurred_at: at,
+        received_at: at,
+    };
+    let mut tx = app.core.store.write().await.expect("write");
+    tx.import_events(&[order]).await.expect("import");
+    tx.commit().await.expect("commit");
+    std::fs::write(
+        app.dir.path().join("segments/buyers.yaml"),
+        "name: buyers\nmatch:\n  - attribute: purchase.orders\n    gte: 1\n",
+    )
+    .expect("write segment");
+    let app = app.restart().await;
+    app.run_due().await;
+    assert_eq!(size_of(&app, "buyers").await, 0);
+    let profile = profile_of(&app, "c-1").await;
+    assert_eq!(profile["purchase"]["orders"], 0, "{profile}");
+
+    std::fs::write(
+        app.dir.path().join("herald.toml"),
+        "[profile]\nactive_within = \"31d\"\n",
+    )
+    .expect("write config");
+    let app = app.restart().await;
+    app.run_due().await;
+    assert_eq!(size_of(&app, "buyers").await, 1);
+    let profile = profile_of(&app, "c-1").await;
+    assert_eq!(profile["purchase"]["orders"], 1, "{profile}");
+    app.finish().await;
+}
+both_backends!(a_segment_edit_keeps_stored_profiles_and_new_rules_rebuild_them);
+
 /// A subscriber dormant for good gets one re-engagement mail, then is suppressed.
 async fn dormant_subscribers_are_sunset(db: Db) {
     let app = app(db).await;
