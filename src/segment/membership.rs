@@ -17,8 +17,8 @@ use sqlx::types::Json;
 
 use super::evaluate::{Fact, Facts, evaluate_all};
 use super::profile::{
-    LAST_ENGAGED_AT, Observed, Profile, ProfileRules, Purchaser, Rfm, high_value_threshold,
-    rfm_scores,
+    LAST_ENGAGED_AT, Observed, PROFILE_VERSION, Profile, ProfileRules, Purchaser, Rfm,
+    high_value_threshold, rfm_scores,
 };
 use super::{ENTERED, EXITED};
 use crate::core::Core;
@@ -742,8 +742,9 @@ pub async fn sync_definitions(core: &Core) -> Result<()> {
             .claim_segment_spec(&def.name, &core.segments.spec(&def.name), now)
             .await?;
     }
-    // The profile rules are stored like a segment, so changing them recomputes profiles.
-    let rules = format!("{:?}", core.profile_rules);
+    // The profile rules are stored like a segment, so changing them (or how profiles are
+    // computed) rebuilds profiles.
+    let rules = format!("v{PROFILE_VERSION} {:?}", core.profile_rules);
     names.push("(profile)".to_owned());
     let rules_changed = tx.claim_segment_spec("(profile)", &rules, now).await?;
     changed |= rules_changed;

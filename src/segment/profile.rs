@@ -16,6 +16,10 @@ use crate::workflow::timing::parse_cron;
 /// The profile field of the last human engagement, as contact views and conditions name it.
 pub const LAST_ENGAGED_AT: &str = "last_engaged_at";
 
+/// How profiles are computed, as far as stored ones depend on it: bump it when that changes,
+/// and the next start rebuilds every stored profile once, as changed `[profile]` rules do.
+pub const PROFILE_VERSION: u32 = 1;
+
 /// The profile keys that contact views take from the computed profile, over any attribute of
 /// the same name.
 pub const PROFILE_KEYS: &[&str] = &[
