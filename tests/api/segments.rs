@@ -50,6 +50,37 @@ async fn size_of(app: &TestApp, segment: &str) -> i64 {
         .unwrap_or_else(|| panic!("no segment {segment} in {body}"))
 }
 
+/// An event as an import stores it: without its effects on the profile or segments, for a
+/// recompute to find.
+fn imported(
+    id: &str,
+    contact: &str,
+    name: &str,
+    properties: Value,
+    at: chrono::DateTime<chrono::Utc>,
+) -> herald::store::Event {
+    herald::store::Event {
+        id: id.to_owned(),
+        contact_id: contact.to_owned(),
+        name: name.to_owned(),
+        properties: sqlx::types::Json(properties),
+        occurred_at: at,
+        received_at: at,
+    }
+}
+
+/// Stores `contacts` and `events` as an import does (see [`imported`]).
+async fn import(
+    app: &TestApp,
+    contacts: &[herald::store::Contact],
+    events: &[herald::store::Event],
+) {
+    let mut tx = app.core.store.write().await.expect("write");
+    tx.import_contacts(contacts).await.expect("import contacts");
+    tx.import_events(events).await.expect("import events");
+    tx.commit().await.expect("commit");
+}
+
 async fn membership_events(app: &TestApp, contact: &str) -> Vec<String> {
     let mut tx = app.core.store.read().await.expect("read");
     let mut names = Vec::new();
@@ -258,13 +289,8 @@ async fn a_recompute_rebuilds_engagement_and_lifecycle(db: Db) {
     app.contact("c-1", "ana@example.com", json!({})).await;
     let now = app.clock.now();
     let human = now - TimeDelta::days(100);
-    let stored = |i: usize, name: &str, properties: Value, at| herald::store::Event {
-        id: format!("imported-{i}"),
-        contact_id: "c-1".to_owned(),
-        name: name.to_owned(),
-        properties: sqlx::types::Json(properties),
-        occurred_at: at,
-        received_at: at,
+    let stored = |i: usize, name: &str, properties: Value, at| {
+        imported(&format!("imported-{i}"), "c-1", name, properties, at)
     };
     let events = [
         stored(1, "email_opened", json!({}), human),
@@ -291,10 +317,7 @@ async fn a_recompute_rebuilds_engagement_and_lifecycle(db: Db) {
         stored(6, "product_viewed", json!({}), human - TimeDelta::days(200)),
         stored(7, "page_viewed", json!({}), human),
     ];
-    // Stored as an import stores them: without their effects, for the recompute to find.
-    let mut tx = app.core.store.write().await.expect("write");
-    tx.import_events(&events).await.expect("import");
-    tx.commit().await.expect("commit");
+    import(&app, &[], &events).await;
     app.run_due().await;
     let profile = profile_of(&app, "c-1").await;
     assert_eq!(profile["engagement"], "inactive", "{profile}");
@@ -316,15 +339,9 @@ async fn a_recompute_finds_stages_beyond_those_its_reads_reach(db: Db) {
     let now = app.clock.now();
     let mut events = Vec::new();
     let mut stored = |contact: &str, name: &str, properties: Value, days: i64| {
+        let id = format!("imported-{}", events.len());
         let at = now - TimeDelta::days(days);
-        events.push(herald::store::Event {
-            id: format!("imported-{}", events.len()),
-            contact_id: contact.to_owned(),
-            name: name.to_owned(),
-            properties: sqlx::types::Json(properties),
-            occurred_at: at,
-            received_at: at,
-        });
+        events.push(imported(&id, contact, name, properties, at));
     };
     for (id, email) in [
         ("buyer", "buyer@example.com"),
@@ -341,9 +358,7 @@ async fn a_recompute_finds_stages_beyond_those_its_reads_reach(db: Db) {
     stored("repeat", "order_placed", json!({"total": 20.0}), 300);
     stored("repeat", "order_placed", json!({"total": 30.0}), 200);
     stored("viewer", "product_viewed", json!({}), 2);
-    let mut tx = app.core.store.write().await.expect("write");
-    tx.import_events(&events).await.expect("import");
-    tx.commit().await.expect("commit");
+    import(&app, &[], &events).await;
     app.run_due().await;
     for (id, stage) in [
         ("buyer", "decision"),
@@ -366,17 +381,14 @@ async fn a_segment_edit_keeps_stored_profiles_and_new_rules_rebuild_them(db: Db)
     app.contact("c-1", "ana@example.com", json!({})).await;
     app.run_due().await;
     let at = app.clock.now() - TimeDelta::days(10);
-    let order = herald::store::Event {
-        id: "imported-order".to_owned(),
-        contact_id: "c-1".to_owned(),
-        name: "order_placed".to_owned(),
-        properties: sqlx::types::Json(json!({"total": 20.0})),
-        occurred_at: at,
-        received_at: at,
-    };
-    let mut tx = app.core.store.write().await.expect("write");
-    tx.import_events(&[order]).await.expect("import");
-    tx.commit().await.expect("commit");
+    let order = imported(
+        "imported-order",
+        "c-1",
+        "order_placed",
+        json!({"total": 20.0}),
+        at,
+    );
+    import(&app, &[], &[order]).await;
     std::fs::write(
         app.dir.path().join("segments/buyers.yaml"),
         "name: buyers\nmatch:\n  - attribute: purchase.orders\n    gte: 1\n",
@@ -577,21 +589,18 @@ async fn a_recompute_scores_the_hand_computed_fixture(db: Db) {
         for _ in 0..n {
             let at = start + TimeDelta::days(day);
             day += 1;
-            orders.push(herald::store::Event {
-                id: format!("order-{id}-{day}"),
-                contact_id: id.to_owned(),
-                name: "order_placed".to_owned(),
-                properties: sqlx::types::Json(json!({"total": each})),
-                occurred_at: at,
-                received_at: at,
-            });
+            let order_id = format!("order-{id}-{day}");
+            orders.push(imported(
+                &order_id,
+                id,
+                "order_placed",
+                json!({"total": each}),
+                at,
+            ));
         }
     }
     app.clock.advance(TimeDelta::days(day));
-    let mut tx = app.core.store.write().await.expect("write");
-    tx.import_contacts(&contacts).await.expect("contacts");
-    tx.import_events(&orders).await.expect("orders");
-    tx.commit().await.expect("commit");
+    import(&app, &contacts, &orders).await;
     app.run_due().await;
     assert_eq!(rfm_shown(&app).await, RFM_EXPECTED);
     assert!(segments_of(&app, "c-5").await.contains(&"vip".to_owned()));
@@ -694,23 +703,20 @@ async fn import_buyers(app: &TestApp, n: usize) -> Vec<String> {
     let now = app.clock.now();
     let ids: Vec<String> = (0..n).map(|i| format!("c-{i:05}")).collect();
     let contacts: Vec<herald::store::Contact> = ids.iter().map(|id| new_contact(id, now)).collect();
+    let at = now - TimeDelta::days(10);
     let orders: Vec<herald::store::Event> = ids
         .iter()
-        .map(|id| herald::store::Event {
-            id: format!("order-{id}"),
-            contact_id: id.clone(),
-            name: "order_placed".to_owned(),
-            properties: sqlx::types::Json(json!({"total": 20})),
-            occurred_at: now - TimeDelta::days(10),
-            received_at: now - TimeDelta::days(10),
+        .map(|id| {
+            imported(
+                &format!("order-{id}"),
+                id,
+                "order_placed",
+                json!({"total": 20}),
+                at,
+            )
         })
         .collect();
-    let mut tx = app.core.store.write().await.expect("write");
-    tx.import_contacts(&contacts)
-        .await
-        .expect("import contacts");
-    tx.import_events(&orders).await.expect("import events");
-    tx.commit().await.expect("commit");
+    import(app, &contacts, &orders).await;
     ids
 }
 
