@@ -96,8 +96,8 @@ impl<C: Send + Sync + 'static> GroupCommit<C> {
         if store.backend() == Backend::Postgres {
             // PostgreSQL runs concurrent transactions on separate connections and groups their
             // WAL flushes itself; one shared transaction would only serialize them.
-            // Keyed work mostly; batches that bind many keys (sweeps, rescoring) ask for plans
-            // of their own (`Tx::plan_for_batches`).
+            // Keyed work mostly; batches that bind many keys (sweeps, rescoring) ask for index
+            // plans without parallel workers as well (`Tx::plan_for_batches`).
             let mut tx = store.keyed_write().await?;
             let value = op(ctx, &mut tx).await?;
             tx.commit().await?;

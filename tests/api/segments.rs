@@ -855,8 +855,8 @@ async fn a_recompute_checkpoints_its_writes() {
 }
 postgres_only!(a_recompute_checkpoints_its_writes);
 
-/// A batch transaction plans by index, for its values and without parallel workers, and only
-/// that transaction does.
+/// A batch transaction plans by index, once per statement and without parallel workers, and
+/// only that transaction does.
 async fn batch_transactions_plan_by_index() {
     let app = app(Db::Postgres).await;
     let mut tx = app.core.store.write().await.expect("write");
@@ -864,7 +864,7 @@ async fn batch_transactions_plan_by_index() {
     assert_eq!(setting(&mut tx, "enable_seqscan").await, "off");
     assert_eq!(
         setting(&mut tx, "plan_cache_mode").await,
-        "force_custom_plan"
+        "force_generic_plan"
     );
     assert_eq!(
         setting(&mut tx, "max_parallel_workers_per_gather").await,
