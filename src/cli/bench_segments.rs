@@ -142,14 +142,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
 
     // Application::build queued the recompute (the segments are new to this database).
-    let started = Instant::now();
-    crate::scheduler::run_due(&core).await?;
-    let took = started.elapsed();
-    println!(
-        "full recompute (profiles with RFM scores, 10 segments): {:.1} s ({:.0} contacts/s)",
-        took.as_secs_f64(),
-        args.contacts as f64 / took.as_secs_f64()
-    );
+    let what = "full recompute (profiles with RFM scores, 10 segments)";
+    time_recompute(&core, what, args.contacts).await?;
     for (name, size) in core.store.segment_sizes().await? {
         println!("  {name}: {size}");
     }
@@ -204,14 +198,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::write(&edited, spec.replace("gte: 3 }", "gte: 4 }"))?;
     let settings = Settings::load_with_env(dir.path(), None, &env)?;
     let core = build(settings, dir.path(), &clock).await?;
-    let started = Instant::now();
-    crate::scheduler::run_due(&core).await?;
-    let took = started.elapsed();
-    println!(
-        "recompute after a segment edit (memberships on the stored profiles): {:.1} s ({:.0} contacts/s)",
-        took.as_secs_f64(),
-        args.contacts as f64 / took.as_secs_f64()
-    );
+    let what = "recompute after a segment edit (memberships on the stored profiles)";
+    time_recompute(&core, what, args.contacts).await?;
     println!(
         "  window-shoppers (3 product views -> 4): {}",
         core.store
@@ -232,6 +220,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 async fn build(settings: Settings, dir: &Path, clock: &ManualClock) -> anyhow::Result<Arc<Core>> {
     let app = Application::build(settings, dir, Clock::Manual(clock.clone()), Role::Worker).await?;
     Ok(app.core)
+}
+
+/// Runs the due jobs (the recompute a start queued) and prints how long they took.
+async fn time_recompute(core: &Core, what: &str, contacts: usize) -> anyhow::Result<()> {
+    let started = Instant::now();
+    crate::scheduler::run_due(core).await?;
+    let took = started.elapsed().as_secs_f64();
+    println!(
+        "{what}: {took:.1} s ({:.0} contacts/s)",
+        contacts as f64 / took
+    );
+    Ok(())
 }
 
 /// Times `samples` single-event ingests for random contacts, one after another.

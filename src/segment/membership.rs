@@ -529,7 +529,7 @@ async fn decide_batch(
                 .zip(&states)
                 .map(|(contact, state)| rebuild_profile(core, contact, &state.events, scoring))
                 .collect();
-            reach(tx, core, contacts, &mut rebuilt).await?;
+            reach(tx, core, &ids, &mut rebuilt).await?;
             rebuilt
         }
         Profiles::Stored => contacts
@@ -619,31 +619,26 @@ fn rebuild_profile(
 /// Completes rebuilt profiles with what is read by index probes rather than event by event:
 /// the last human open or click (`Tx::last_engagements`), and the furthest lifecycle stage any
 /// event leads to (`Tx::first_tiers_reached`), probing for each contact only the stages beyond
-/// the one its events read so far (its orders, say) already reach.
-async fn reach(
-    tx: &mut Tx,
-    core: &Core,
-    contacts: &[Contact],
-    profiles: &mut [Profile],
-) -> Result<()> {
-    let ids: Vec<String> = contacts.iter().map(|c| c.id.clone()).collect();
-    let engaged = tx.last_engagements(&ids).await?;
+/// the one its events read so far (its orders, say) already reach. `profiles[i]` is contact
+/// `ids[i]`'s.
+async fn reach(tx: &mut Tx, core: &Core, ids: &[String], profiles: &mut [Profile]) -> Result<()> {
+    let engaged = tx.last_engagements(ids).await?;
     let tiers = core.profile_rules.stage_tiers();
     let names: Vec<&[&str]> = tiers.iter().map(|(_, names)| names.as_slice()).collect();
     // Tiers run furthest first, so the ones worth probing are a prefix.
-    let beyond: Vec<(&str, usize)> = contacts
+    let beyond: Vec<(&str, usize)> = ids
         .iter()
         .zip(profiles.iter())
-        .map(|(c, p)| {
+        .map(|(id, p)| {
             let further = tiers.iter().take_while(|(s, _)| Some(*s) > p.lifecycle);
-            (c.id.as_str(), further.count())
+            (id.as_str(), further.count())
         })
         .filter(|(_, further)| *further > 0)
         .collect();
     let stages = tx.first_tiers_reached(&beyond, &names).await?;
-    for (contact, profile) in contacts.iter().zip(profiles.iter_mut()) {
-        profile.last_engaged_at = engaged.get(&contact.id).copied();
-        let reached = stages.get(&contact.id).map(|&i| tiers[i].0);
+    for (id, profile) in ids.iter().zip(profiles.iter_mut()) {
+        profile.last_engaged_at = engaged.get(id).copied();
+        let reached = stages.get(id).map(|&i| tiers[i].0);
         profile.lifecycle = profile.lifecycle.max(reached);
     }
     Ok(())
