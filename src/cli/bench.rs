@@ -21,6 +21,8 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::store::Store;
 
+use super::poster::Poster;
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(subcommand)]
@@ -134,9 +136,8 @@ async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
     let backend = core.store.backend();
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(app.run(shutdown.clone()));
-    let base = format!("http://{addr}");
 
-    let result = measure(&args, &base, &core.store, &run_id).await;
+    let result = measure(&args, addr, &core.store, &run_id).await;
 
     shutdown.cancel();
     match server.await {
@@ -232,10 +233,11 @@ impl Figures {
 
 async fn measure(
     args: &SendArgs,
-    base: &str,
+    addr: SocketAddr,
     store: &Store,
     run_id: &str,
 ) -> anyhow::Result<Figures> {
+    let base = format!("http://{addr}");
     let n = args.messages;
     let contact_id = {
         let prefix = format!("bench-{run_id}-");
@@ -274,7 +276,7 @@ async fn measure(
     let clock_ticks = clock_ticks_per_second();
     let cpu_start = cpu_time(Path::new("/proc/self/stat"), clock_ticks)?;
     let started = Instant::now();
-    let client = spawn_load(base.to_owned(), n, args.concurrency, contact_id);
+    let client = spawn_load(addr, n, args.concurrency, contact_id);
     let load = client
         .await
         .map_err(|_| anyhow!("the load generator thread stopped without a report"))??;
@@ -329,10 +331,11 @@ struct Load {
     cpu: Duration,
 }
 
-/// Posts one `bench_ping` event per contact from `concurrency` concurrent requests, on a
-/// thread and runtime of its own so its CPU time can be told apart from Herald's.
+/// Posts one `bench_ping` event per contact from `concurrency` concurrent requests, each on a
+/// keep-alive connection of its own, on a thread and runtime of its own so its CPU time can be
+/// told apart from Herald's.
 fn spawn_load(
-    base: String,
+    addr: SocketAddr,
     n: usize,
     concurrency: usize,
     contact_id: impl Fn(usize) -> String + Send + Sync + 'static,
@@ -345,7 +348,7 @@ fn spawn_load(
                 .enable_all()
                 .build()
                 .context("cannot start the load generator's runtime")
-                .and_then(|rt| rt.block_on(post_events(base, n, concurrency, contact_id)));
+                .and_then(|rt| rt.block_on(post_events(addr, n, concurrency, contact_id)));
             let result = result.and_then(|(failures, first_error)| {
                 let ticks = clock_ticks_per_second();
                 Ok(Load {
@@ -363,28 +366,18 @@ fn spawn_load(
 }
 
 async fn post_events(
-    base: String,
+    addr: SocketAddr,
     n: usize,
     concurrency: usize,
     contact_id: impl Fn(usize) -> String + Send + Sync + 'static,
 ) -> anyhow::Result<(usize, Option<String>)> {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(concurrency)
-        .build()
-        .context("cannot build the HTTP client")?;
-    let url: Arc<str> = format!("{base}/v1/events").into();
     let next = Arc::new(AtomicUsize::new(0));
     let contact_id = Arc::new(contact_id);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency.min(n) {
-        let (http, url, next, contact_id) = (
-            http.clone(),
-            Arc::clone(&url),
-            Arc::clone(&next),
-            Arc::clone(&contact_id),
-        );
+        let (next, contact_id) = (Arc::clone(&next), Arc::clone(&contact_id));
         tasks.spawn(async move {
+            let mut poster = Poster::new(addr);
             let mut failures = 0;
             let mut first_error = None;
             loop {
@@ -393,18 +386,13 @@ async fn post_events(
                     break;
                 }
                 let body = json!({ "contact_id": contact_id(i), "name": "bench_ping" });
-                let error = match http.post(&*url).json(&body).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        // Read the body so the connection goes back to the pool.
-                        match r.bytes().await {
-                            Ok(_) => None,
-                            Err(e) => Some(e.to_string()),
-                        }
-                    }
-                    Ok(r) => {
-                        let status = r.status();
-                        Some(format!("{status}: {}", r.text().await.unwrap_or_default()))
-                    }
+                let error = match poster.post("/v1/events", body.to_string().as_bytes()).await {
+                    Ok(answer) if (200..300).contains(&answer.status) => None,
+                    Ok(answer) => Some(format!(
+                        "{}: {}",
+                        answer.status,
+                        String::from_utf8_lossy(&answer.body)
+                    )),
                     Err(e) => Some(e.to_string()),
                 };
                 if let Some(e) = error {

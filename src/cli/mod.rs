@@ -8,6 +8,7 @@ mod bench_segments;
 mod bench_transport;
 mod cron;
 mod migrate;
+mod poster;
 mod preview;
 mod segments;
 mod serve;
