@@ -196,6 +196,8 @@ struct Figures {
     process_cpu: Duration,
     /// The load generator's share of `process_cpu`.
     client_cpu: Duration,
+    /// `process_cpu` by thread name (the load generator's thread included).
+    by_thread: Vec<(String, Duration)>,
     peak_rss_kib: Option<u64>,
     clock_ticks: u64,
 }
@@ -220,6 +222,11 @@ impl Figures {
             self.process_cpu.as_secs_f64() * 1e6 / n,
             self.client_cpu.as_secs_f64() * 1e6 / n,
             1000 / self.clock_ticks.max(1),
+        );
+        // Where Herald's CPU went: the SQLite writer thread is the one serial stage.
+        println!(
+            "by thread µs/msg    {}",
+            herald_threads(&self.by_thread, self.messages)
         );
         match self.peak_rss_kib {
             Some(kib) => println!(
@@ -274,6 +281,7 @@ async fn measure(
     let sent_before = before.sent;
 
     let clock_ticks = clock_ticks_per_second();
+    let threads_start = thread_ticks();
     let cpu_start = cpu_time(Path::new("/proc/self/stat"), clock_ticks)?;
     let started = Instant::now();
     let client = spawn_load(addr, n, args.concurrency, contact_id);
@@ -312,12 +320,14 @@ async fn measure(
     }
     let wall = started.elapsed();
     let cpu_end = cpu_time(Path::new("/proc/self/stat"), clock_ticks)?;
+    let by_thread = by_thread(&threads_start, &thread_ticks(), clock_ticks);
     Ok(Figures {
         messages: n,
         wall,
         ingest,
         process_cpu: cpu_end.saturating_sub(cpu_start),
         client_cpu: load.cpu,
+        by_thread,
         peak_rss_kib: peak_rss_kib(),
         clock_ticks,
     })
@@ -342,7 +352,7 @@ fn spawn_load(
 ) -> tokio::sync::oneshot::Receiver<anyhow::Result<Load>> {
     let (report, receiver) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
-        .name("bench-load".to_owned())
+        .name(LOAD_THREAD.to_owned())
         .spawn(move || {
             let result = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -534,6 +544,67 @@ pub(super) fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The name of a bench's load generator thread, whose CPU is not Herald's.
+pub(super) const LOAD_THREAD: &str = "bench-load";
+
+/// Herald's threads' CPU per item, `name µs, …`, from a [`by_thread`] breakdown.
+pub(super) fn herald_threads(by_thread: &[(String, Duration)], items: usize) -> String {
+    by_thread
+        .iter()
+        .filter(|(name, _)| name != LOAD_THREAD)
+        .map(|(name, cpu)| {
+            let micros = cpu.as_secs_f64() * 1e6 / items.max(1) as f64;
+            format!("{name} {micros:.1}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every live thread of the process: id, name and CPU clock ticks so far.
+pub(super) fn thread_ticks() -> Vec<(String, String, u64)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| {
+            let task = task.ok()?;
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let name = stat.split_once('(')?.1.rsplit_once(')')?.0.to_owned();
+            let tid = task.file_name().to_string_lossy().into_owned();
+            Some((tid, name, parse_cpu_ticks(&stat)?))
+        })
+        .collect()
+}
+
+/// CPU time between two [`thread_ticks`] snapshots, summed by thread name, largest first.
+/// Threads that ended in between are missing: this is a breakdown, not a total.
+pub(super) fn by_thread(
+    before: &[(String, String, u64)],
+    after: &[(String, String, u64)],
+    ticks_per_second: u64,
+) -> Vec<(String, Duration)> {
+    let mut sums: Vec<(String, u64)> = Vec::new();
+    for (tid, name, end) in after {
+        let start = before
+            .iter()
+            .find(|(t, n, _)| t == tid && n == name)
+            .map_or(0, |b| b.2);
+        let spent = end.saturating_sub(start);
+        match sums.iter_mut().find(|(n, _)| n == name) {
+            Some((_, sum)) => *sum += spent,
+            None => sums.push((name.clone(), spent)),
+        }
+    }
+    sums.retain(|(_, t)| *t > 0);
+    sums.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
+    sums.into_iter()
+        .map(|(n, t)| {
+            let secs = t as f64 / ticks_per_second.max(1) as f64;
+            (n, Duration::from_secs_f64(secs))
+        })
+        .collect()
+}
+
 /// Peak resident set size (`VmHWM`) in KiB.
 pub(super) fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -564,5 +635,34 @@ mod tests {
                     8 0 100 1000000 500 18446744073709551615";
         assert_eq!(parse_cpu_ticks(stat), Some(300));
         assert_eq!(parse_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn thread_breakdowns_sum_by_name_and_leave_out_the_load_generator() {
+        let before = [
+            ("1".to_owned(), "herald-writer".to_owned(), 100),
+            ("2".to_owned(), "tokio-rt-worker".to_owned(), 10),
+            ("4".to_owned(), LOAD_THREAD.to_owned(), 0),
+        ];
+        let after = [
+            ("1".to_owned(), "herald-writer".to_owned(), 300),
+            ("2".to_owned(), "tokio-rt-worker".to_owned(), 60),
+            // Started after the first snapshot: all of its time counts.
+            ("3".to_owned(), "tokio-rt-worker".to_owned(), 50),
+            ("4".to_owned(), LOAD_THREAD.to_owned(), 40),
+        ];
+        let threads = by_thread(&before, &after, 100);
+        assert_eq!(
+            threads[0],
+            ("herald-writer".to_owned(), Duration::from_secs(2))
+        );
+        assert_eq!(
+            threads[1],
+            ("tokio-rt-worker".to_owned(), Duration::from_secs(1))
+        );
+        assert_eq!(
+            herald_threads(&threads, 1000),
+            "herald-writer 2000.0, tokio-rt-worker 1000.0"
+        );
     }
 }

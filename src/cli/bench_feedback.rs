@@ -35,7 +35,10 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::bench::{ScratchDir, clock_ticks_per_second, cpu_time, parse_cpu_ticks, peak_rss_kib};
+use super::bench::{
+    LOAD_THREAD, ScratchDir, by_thread, clock_ticks_per_second, cpu_time, herald_threads,
+    peak_rss_kib, thread_ticks,
+};
 use crate::app::{Application, Role};
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -71,7 +74,6 @@ pub struct Args {
 /// Contacts and messages per setup transaction.
 const SETUP_CHUNK: usize = 1000;
 /// The load generator's thread, told apart from Herald's.
-const LOAD_THREAD: &str = "bench-load";
 /// A desktop Chrome: neither Apple's privacy proxy nor a scanner.
 const BROWSER_UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 \
                           (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
@@ -420,17 +422,8 @@ impl Load {
             "  Herald CPU        {:.2} cores on average",
             herald_cpu.as_secs_f64() / secs
         );
-        let threads: Vec<String> = self
-            .by_thread
-            .iter()
-            .filter(|(name, _)| name != LOAD_THREAD)
-            .map(|(name, cpu)| format!("{name} {:.1}", cpu.as_secs_f64() * 1e6 / items as f64))
-            .collect();
-        println!(
-            "  by thread µs/{:<5}{}",
-            unit.trim_end_matches('s'),
-            threads.join(", ")
-        );
+        let label = format!("by thread µs/{}", unit.trim_end_matches('s'));
+        println!("  {label:<17} {}", herald_threads(&self.by_thread, items));
     }
 }
 
@@ -607,51 +600,6 @@ async fn count_stored(core: &Core, sent: &[Sent]) -> anyhow::Result<(usize, usiz
     }
     tx.commit().await?;
     Ok((sendgrid, herald, behavior))
-}
-
-/// Every live thread of the process: id, name and CPU clock ticks so far.
-fn thread_ticks() -> Vec<(String, String, u64)> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    tasks
-        .filter_map(|task| {
-            let task = task.ok()?;
-            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-            let name = stat.split_once('(')?.1.rsplit_once(')')?.0.to_owned();
-            let tid = task.file_name().to_string_lossy().into_owned();
-            Some((tid, name, parse_cpu_ticks(&stat)?))
-        })
-        .collect()
-}
-
-/// CPU time between two [`thread_ticks`] snapshots, summed by thread name, largest first.
-/// Threads that ended in between are missing: this is a breakdown, not a total.
-fn by_thread(
-    before: &[(String, String, u64)],
-    after: &[(String, String, u64)],
-    ticks_per_second: u64,
-) -> Vec<(String, Duration)> {
-    let mut sums: Vec<(String, u64)> = Vec::new();
-    for (tid, name, end) in after {
-        let start = before
-            .iter()
-            .find(|(t, n, _)| t == tid && n == name)
-            .map_or(0, |b| b.2);
-        let spent = end.saturating_sub(start);
-        match sums.iter_mut().find(|(n, _)| n == name) {
-            Some((_, sum)) => *sum += spent,
-            None => sums.push((name.clone(), spent)),
-        }
-    }
-    sums.retain(|(_, t)| *t > 0);
-    sums.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
-    sums.into_iter()
-        .map(|(n, t)| {
-            let secs = t as f64 / ticks_per_second.max(1) as f64;
-            (n, Duration::from_secs_f64(secs))
-        })
-        .collect()
 }
 
 #[cfg(test)]
