@@ -4,6 +4,7 @@
 //! machine, which this client leaves to Herald (as `smtp-source` is lean on the SMTP side).
 //! It speaks only what Herald answers: a status line, headers and a `Content-Length` body.
 
+use std::io::Write;
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -46,15 +47,15 @@ impl Poster {
     pub async fn post(&mut self, path: &str, body: &[u8]) -> Result<Answer, PostError> {
         let io = |e| PostError::Io(self.addr, e);
         self.request.clear();
-        self.request.extend_from_slice(
-            format!(
-                "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
-                 content-length: {}\r\n\r\n",
-                self.addr,
-                body.len()
-            )
-            .as_bytes(),
-        );
+        // Written into the buffer kept between requests: no allocation per request.
+        write!(
+            self.request,
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        )
+        .map_err(io)?;
         self.request.extend_from_slice(body);
         let stream = match &mut self.stream {
             Some(stream) => stream,

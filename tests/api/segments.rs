@@ -389,28 +389,29 @@ async fn a_segment_edit_keeps_stored_profiles_and_new_rules_rebuild_them(db: Db)
         at,
     );
     import(&app, &[], &[order]).await;
-    std::fs::write(
-        app.dir.path().join("segments/buyers.yaml"),
-        "name: buyers\nmatch:\n  - attribute: purchase.orders\n    gte: 1\n",
-    )
-    .expect("write segment");
-    let app = app.restart().await;
-    app.run_due().await;
-    assert_eq!(size_of(&app, "buyers").await, 0);
-    let profile = profile_of(&app, "c-1").await;
-    assert_eq!(profile["purchase"]["orders"], 0, "{profile}");
+    let segment = "name: buyers\nmatch:\n  - attribute: purchase.orders\n    gte: 1\n";
+    let app = edited(app, "segments/buyers.yaml", segment).await;
+    assert_orders_counted(&app, 0).await;
 
-    std::fs::write(
-        app.dir.path().join("herald.toml"),
-        "[profile]\nactive_within = \"31d\"\n",
-    )
-    .expect("write config");
+    let app = edited(app, "herald.toml", "[profile]\nactive_within = \"31d\"\n").await;
+    assert_orders_counted(&app, 1).await;
+    app.finish().await;
+}
+
+/// `file` of the project rewritten with `text`, then Herald restarted and the recompute its
+/// start queued run.
+async fn edited(app: TestApp, file: &str, text: &str) -> TestApp {
+    std::fs::write(app.dir.path().join(file), text).expect("write the project file");
     let app = app.restart().await;
     app.run_due().await;
-    assert_eq!(size_of(&app, "buyers").await, 1);
-    let profile = profile_of(&app, "c-1").await;
-    assert_eq!(profile["purchase"]["orders"], 1, "{profile}");
-    app.finish().await;
+    app
+}
+
+/// c-1's profile counts `orders`, and `buyers` holds c-1 exactly when it counts one.
+async fn assert_orders_counted(app: &TestApp, orders: i64) {
+    assert_eq!(size_of(app, "buyers").await, orders);
+    let profile = profile_of(app, "c-1").await;
+    assert_eq!(profile["purchase"]["orders"], orders, "{profile}");
 }
 both_backends!(a_segment_edit_keeps_stored_profiles_and_new_rules_rebuild_them);
 
