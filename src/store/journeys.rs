@@ -6,6 +6,17 @@ use serde_json::Value;
 use super::direct::Sql;
 use super::{Journey, Result, Tx, journey_status};
 
+/// A contact's latest journey of a workflow and key (`journeys_contact`, newest first).
+const LATEST: &str =
+    "SELECT * FROM journeys WHERE workflow = $1 AND contact_id = $2 AND journey_key = $3
+     ORDER BY entered_at DESC LIMIT 1";
+/// A contact's active journeys (`journeys_active`, whose rows are the active ones only).
+const ACTIVE: &str =
+    "SELECT * FROM journeys WHERE contact_id = $1 AND status = 'active' ORDER BY entered_at";
+/// A contact's journeys, newest first (`journeys_contact`).
+const HISTORY: &str =
+    "SELECT * FROM journeys WHERE contact_id = $1 ORDER BY entered_at DESC LIMIT $2";
+
 impl Tx {
     /// Inserts a journey; answers false when an active journey for the same
     /// (workflow, contact, key) already exists.
@@ -63,33 +74,17 @@ impl Tx {
         contact_id: &str,
         key: &str,
     ) -> Result<Option<Journey>> {
-        self.optional::<Journey>(
-            Sql::new("SELECT * FROM journeys WHERE workflow = $1 AND contact_id = $2 AND journey_key = $3
-                 ORDER BY entered_at DESC LIMIT 1")
-            .arg(workflow)
-            .arg(contact_id)
-            .arg(key),
-        )
-        .await
+        self.optional::<Journey>(Sql::new(LATEST).arg(workflow).arg(contact_id).arg(key))
+            .await
     }
 
     pub async fn active_journeys(&mut self, contact_id: &str) -> Result<Vec<Journey>> {
-        self.all::<Journey>(
-            Sql::new("SELECT * FROM journeys WHERE contact_id = $1 AND status = 'active' ORDER BY entered_at")
-            .arg(contact_id),
-        )
-        .await
+        self.all::<Journey>(Sql::new(ACTIVE).arg(contact_id)).await
     }
 
     pub async fn contact_journeys(&mut self, contact_id: &str, limit: i64) -> Result<Vec<Journey>> {
-        self.all::<Journey>(
-            Sql::new(
-                "SELECT * FROM journeys WHERE contact_id = $1 ORDER BY entered_at DESC LIMIT $2",
-            )
-            .arg(contact_id)
-            .arg(limit),
-        )
-        .await
+        self.all::<Journey>(Sql::new(HISTORY).arg(contact_id).arg(limit))
+            .await
     }
 
     /// Moves an active journey to `step`, optionally replacing its context. Answers false when
@@ -177,5 +172,40 @@ impl Tx {
         )
         .await?;
         Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::direct::tests::sqlite;
+
+    /// Every journey lookup names the contact, so none may read the whole table: a journey
+    /// index that stopped serving one would turn each event into a table scan.
+    #[tokio::test]
+    async fn journey_lookups_search_an_index_by_contact() {
+        let (_dir, store) = sqlite().await;
+        let mut tx = store.read().await.expect("read");
+        for (sql, index) in [
+            (LATEST, "journeys_contact"),
+            (ACTIVE, "journeys_active"),
+            (HISTORY, "journeys_contact"),
+        ] {
+            let plan: Vec<(i64, i64, i64, String)> = tx
+                .all(Sql::new(format!("EXPLAIN QUERY PLAN {sql}")))
+                .await
+                .expect("plan");
+            let steps: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+            assert!(
+                steps.iter().any(|s| s.starts_with(&format!(
+                    "SEARCH journeys USING INDEX {index} (contact_id=?"
+                ))),
+                "{sql}: {steps:?}"
+            );
+            assert!(
+                !steps.iter().any(|s| s.starts_with("SCAN")),
+                "{sql}: {steps:?}"
+            );
+        }
     }
 }
