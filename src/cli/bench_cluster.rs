@@ -26,8 +26,8 @@ use anyhow::{Context, bail};
 use serde_json::{Map, Value};
 
 use super::bench::{
-    CONTACT_CHUNK, POLL, ScratchDir, TEMPLATE, WORKFLOW, check_sink, clock_ticks_per_second,
-    cpu_time, loopback_sink, sending_env, status_counts,
+    CONTACT_CHUNK, ScratchDir, TEMPLATE, WORKFLOW, check_sink, clock_ticks_per_second, cpu_time,
+    loopback_sink, next_poll, sending_env, status_counts,
 };
 use crate::app::{Application, Role};
 use crate::clock::Clock;
@@ -276,7 +276,12 @@ async fn drain(
                 counts.summary
             );
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(next_poll(
+            counts.sent,
+            expected - counts.sent,
+            started.elapsed(),
+        ))
+        .await;
     }
     let wall = started.elapsed();
     let machine_busy = machine_before
