@@ -73,7 +73,6 @@ pub struct Args {
 
 /// Contacts and messages per setup transaction.
 const SETUP_CHUNK: usize = 1000;
-/// The load generator's thread, told apart from Herald's.
 /// A desktop Chrome: neither Apple's privacy proxy nor a scanner.
 const BROWSER_UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 \
                           (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
