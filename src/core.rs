@@ -67,6 +67,9 @@ pub struct Core {
     /// transaction.
     pub group: crate::store::GroupCommit<Core>,
     pub(crate) waker: crate::scheduler::wake::Waker,
+    /// Messages whose send a shutdown cancelled before any transport saw them (see
+    /// `send::transmit`); the shutdown puts them back to `pending`.
+    pub(crate) cancelled_unsent: std::sync::Mutex<Vec<String>>,
 }
 
 impl Core {
@@ -124,6 +127,7 @@ impl Core {
             hits: Default::default(),
             group: Default::default(),
             waker: Default::default(),
+            cancelled_unsent: Default::default(),
         })
     }
 

@@ -9,6 +9,8 @@
 //! category (`[sending.categories]`), else `sending.transport`; the router may hand the message
 //! to a fallback of that transport, and the message row records the one that took it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
@@ -354,9 +356,16 @@ fn compose(core: &Core, handover: &Handover, now: DateTime<Utc>) -> Result<Built
 /// Composes a prepared message and hands it to its transport. Call only after the transaction
 /// that marked it `sending` committed; no transaction may be open across this call.
 pub async fn transmit(core: &Core, handover: &Handover) -> Attempt {
+    let mut watch = UntilHanded {
+        core,
+        message_id: &handover.message_id,
+        handed: AtomicBool::new(false),
+        over: false,
+    };
     let built = match compose(core, handover, core.clock.now()) {
         Ok(built) => built,
         Err(detail) => {
+            watch.over = true;
             return Attempt {
                 subject: None,
                 result: Err(NotSent::Unsendable(detail)),
@@ -365,13 +374,75 @@ pub async fn transmit(core: &Core, handover: &Handover) -> Attempt {
     };
     let result = core
         .transports
-        .send(&handover.transport, &built)
+        .send_noting(&handover.transport, &built, &watch.handed)
         .await
         .map_err(NotSent::Transport);
+    watch.over = true;
     Attempt {
         subject: Some(built.subject),
         result,
     }
+}
+
+/// Notes a message whose [`transmit`] is dropped (a shutdown cancelled it) before any transport
+/// saw it, typically while it waited for its transport's turn: the shutdown puts it back to
+/// `pending` (`scheduler::finish_in_flight`), so its job's next run sends it rather than
+/// recording it `unknown` as if it might have gone out.
+struct UntilHanded<'a> {
+    core: &'a Core,
+    message_id: &'a str,
+    handed: AtomicBool,
+    /// `transmit` returned: whatever happened is in its [`Attempt`].
+    over: bool,
+}
+
+impl Drop for UntilHanded<'_> {
+    fn drop(&mut self) {
+        if !self.over && !self.handed.load(Ordering::Acquire) {
+            self.core
+                .cancelled_unsent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(self.message_id.to_owned());
+        }
+    }
+}
+
+/// Puts the messages whose send a shutdown cancelled before any transport saw them back from
+/// `sending` to `pending`, before their jobs' leases are released.
+pub async fn reopen_cancelled(core: &Core) -> Result<usize> {
+    let ids = std::mem::take(
+        &mut *core
+            .cancelled_unsent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let now = core.clock.now();
+    let mut tx = core.store.write().await?;
+    let mut reopened = 0;
+    for id in &ids {
+        let detail = "cancelled at shutdown before any transport saw it; sent on the next run";
+        if tx
+            .transition_message(
+                id,
+                ms::SENDING,
+                ms::PENDING,
+                Some(detail),
+                None,
+                None,
+                None,
+                now,
+            )
+            .await?
+        {
+            reopened += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(reopened)
 }
 
 /// What became of one handed-over message.

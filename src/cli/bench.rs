@@ -63,7 +63,7 @@ struct SendArgs {
     /// Concurrent HTTP clients posting events.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// Journey steps run at once (`workers.concurrency`); default twice the pool.
+    /// Journey steps run at once (`workers.concurrency`); default Herald's own.
     #[arg(long)]
     workers: Option<usize>,
     /// `sqlite` (a fresh file in a temp directory) or a database URL. A PostgreSQL database
@@ -132,14 +132,14 @@ async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
             ("templates/bench.hbs", TEMPLATE),
         ],
     )?;
-    let workers = args.workers.unwrap_or(args.pool * 2).max(1);
     let database_url = if args.database == "sqlite" {
         format!("sqlite://{}", project.path().join("bench.db").display())
     } else {
         args.database.clone()
     };
-    let env = sending_env(database_url, smtp, args.pool, workers, &run_id);
+    let env = sending_env(database_url, smtp, args.pool, args.workers, &run_id);
     let settings = Settings::load_with_env(project.path(), None, &env)?;
+    let workers = settings.workers.concurrency;
     let app = Application::build(settings, project.path(), Clock::System, Role::All)
         .await
         .context("cannot start Herald")?;
@@ -175,14 +175,16 @@ async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
 
 /// The settings of a sending bench, as `HERALD_*` variables: the database, an ephemeral
 /// loopback HTTP port, the SMTP sink as the default transport (`bench`, plaintext) with `pool`
-/// connections, `workers` journey steps at once, and a fixed tracking secret.
+/// connections, `workers` journey steps at once (else Herald's default), and a fixed tracking
+/// secret.
 pub(super) fn sending_env(
     database_url: String,
     smtp: SocketAddr,
     pool: usize,
-    workers: usize,
+    workers: Option<usize>,
     run_id: &str,
 ) -> Vec<(String, String)> {
+    let workers = workers.map(|n| ("HERALD_WORKERS__CONCURRENCY", n.max(1).to_string()));
     [
         ("HERALD_DATABASE__URL", database_url),
         ("HERALD_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
@@ -193,10 +195,10 @@ pub(super) fn sending_env(
             format!("smtp://{smtp}?tls=none"),
         ),
         ("HERALD_TRANSPORTS__BENCH__POOL", pool.to_string()),
-        ("HERALD_WORKERS__CONCURRENCY", workers.to_string()),
         ("HERALD_TRACKING__SECRET", format!("bench-{run_id}")),
     ]
     .into_iter()
+    .chain(workers)
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
 }

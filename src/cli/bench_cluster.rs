@@ -85,7 +85,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         crate::store::create_postgres_database(&args.database, &name)
             .await
             .with_context(|| format!("cannot create database {name} on {}", args.database))?;
-        let env = sending_env(url, smtp, args.pool, workers, &run_id);
+        let env = sending_env(url, smtp, args.pool, Some(workers), &run_id);
         let figures = measure(&args, nodes, &exe, &env, &run_id).await;
         if let Err(e) = crate::store::drop_postgres_database(&args.database, &name).await {
             eprintln!("warning: cannot drop database {name}: {e}");

@@ -225,7 +225,9 @@ pub async fn run(core: Arc<Core>, shutdown: CancellationToken) {
 
 /// Lets the running jobs finish within the grace period, then cancels the rest and hands
 /// their jobs back to the queue. A cancelled send is safe to hand back: its message row says
-/// `sending`, so whoever runs the job next records it as `unknown` instead of sending again.
+/// `sending`, so whoever runs the job next records it as `unknown` instead of sending again;
+/// unless no transport had seen it yet (it waited for its turn), then it is `pending` again and
+/// goes out on the job's next run.
 async fn finish_in_flight(core: &Core, mut running: JoinSet<()>) {
     let in_flight = running.len();
     let all_done = async { while running.join_next().await.is_some() {} };
@@ -238,6 +240,18 @@ async fn finish_in_flight(core: &Core, mut running: JoinSet<()>) {
     }
     running.abort_all();
     while running.join_next().await.is_some() {}
+    match crate::send::reopen_cancelled(core).await {
+        Ok(0) => {}
+        Ok(reopened) => {
+            tracing::info!(
+                reopened,
+                "messages cancelled before any transport saw them are pending again"
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reopen the messages cancelled before sending; they will be recorded unknown")
+        }
+    }
     match core
         .store
         .release_leases(&core.worker_id, core.clock.now())

@@ -15,6 +15,7 @@
 //! come from the injected [`Clock`], so tests drive the breaker with a manual clock.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -161,6 +162,17 @@ impl Router {
     /// every circuit is open, a transient error asking to retry when the first one half-opens;
     /// or, when every transport tried had used up its quota, the earliest quota reset.
     pub async fn send(&self, route: &str, msg: &BuiltMessage) -> Result<Sent, SendError> {
+        self.send_noting(route, msg, &AtomicBool::new(false)).await
+    }
+
+    /// [`Router::send`], setting `handed` just before a transport is first called: until then
+    /// (while waiting for a transport's turn) nothing has left the process.
+    pub async fn send_noting(
+        &self,
+        route: &str,
+        msg: &BuiltMessage,
+        handed: &AtomicBool,
+    ) -> Result<Sent, SendError> {
         let Some(chain) = self.routes.get(route) else {
             return Err(SendError::permanent(format!(
                 "no transport named `{route}`"
@@ -202,6 +214,7 @@ impl Router {
                 settled: false,
             };
             let permit = endpoint.limiter.acquire(&self.clock).await;
+            handed.store(true, Ordering::Release);
             let result = endpoint.transport.send(msg).await;
             drop(permit);
             match result {

@@ -83,7 +83,7 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
             Step::Next => continue,
             Step::Send(handover, at) => (handover, at),
         };
-        let attempt = send::transmit(core, &handover).await;
+        let attempt = keeping_lease(core, &job, send::transmit(core, &handover)).await;
         let now = core.clock.now();
         let receipt = Arc::new(send::receipt(&handover, attempt, now));
         // The receipt and the journey's next move share a transaction, and so do the
@@ -114,6 +114,48 @@ pub async fn run_journey_job(core: &Core, job: &Job) -> Result<Outcome> {
             Some(outcome) => return Ok(requeued(core, outcome)),
             None => continue,
         }
+    }
+}
+
+/// Runs `send` while renewing this worker's lease on `job` every third of a lease. A send may
+/// wait for its transport's turn (a slow `rate`, a busy connection pool) longer than the lease;
+/// were the lease to run out meanwhile, the reaper would hand the job to another worker, which
+/// would find the message `sending` and record it `unknown` while this one sends it.
+async fn keeping_lease<T>(core: &Core, job: &Arc<Job>, send: impl Future<Output = T>) -> T {
+    let renew = async {
+        loop {
+            core.clock
+                .sleep_until(core.clock.now() + core.lease / 3)
+                .await;
+            let until = core.clock.now() + core.lease;
+            let renewing = Arc::clone(job);
+            let renewed = core
+                .group
+                .run(core, &core.store, move |core, tx| {
+                    let job = Arc::clone(&renewing);
+                    Box::pin(async move {
+                        tx.renew_job(&job.id, &core.worker_id, until, &job.payload.0)
+                            .await
+                    })
+                })
+                .await;
+            match renewed {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(job = %job.id, "lease lost while sending: another worker may have taken the job over");
+                    return std::future::pending::<std::convert::Infallible>().await;
+                }
+                // Tried again a third of a lease later, well before the lease runs out.
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "cannot renew the lease while sending")
+                }
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        out = send => out,
+        never = renew => match never {},
     }
 }
 

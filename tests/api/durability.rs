@@ -478,3 +478,134 @@ async fn sqlite_commits_are_checkpointed_in_the_background() {
     }
     store.close().await;
 }
+
+/// A send that waits for its transport's turn longer than the lease keeps its job: the worker
+/// renews the lease meanwhile, so the reaper never hands the job to another worker, which would
+/// find the message `sending` and record it `unknown` while the first one sends it.
+async fn a_send_waiting_for_its_turn_keeps_its_lease(db: Db) {
+    const JOURNEYS: usize = 12;
+    // One send a second, a 6 s lease: the last send waits 11 s for its turn.
+    let env = [
+        ("HERALD_TRANSPORTS__SMTP__RATE", "1"),
+        ("HERALD_WORKERS__LEASE", "6s"),
+        ("HERALD_WORKERS__CONCURRENCY", "16"),
+    ];
+    let app = receipts_queued(db, &env, JOURNEYS).await;
+
+    // A second at a time: each lets one more waiting send take its turn, and the lease reaper
+    // look at the jobs (it does every 3 s). The pause after each step lets a reaper's hand-over
+    // run before the next send's turn comes, as it would on a real clock.
+    let wait = std::time::Duration::from_secs(20);
+    for sent in 1..=JOURNEYS {
+        assert_eq!(app.smtp.wait_for(sent, wait).await.len(), sent);
+        app.clock.advance(TimeDelta::seconds(1));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let deadline = std::time::Instant::now() + wait;
+    while count(&statuses(&app, JOURNEYS).await, "sent") < JOURNEYS
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let statuses = statuses(&app, JOURNEYS).await;
+    assert_eq!(
+        statuses,
+        vec!["sent"; JOURNEYS],
+        "every message recorded as sent"
+    );
+    assert_eq!(app.smtp.messages().len(), JOURNEYS, "each sent once");
+    app.finish().await;
+}
+both_backends!(a_send_waiting_for_its_turn_keeps_its_lease);
+
+/// A stop that cancels sends still waiting for their transport's turn puts their messages back
+/// to `pending`: nothing of them left the process, so the next run sends them instead of
+/// recording them `unknown` as it must for a send cancelled mid-transaction.
+async fn sends_cancelled_before_their_turn_go_out_after_a_restart(db: Db) {
+    const JOURNEYS: usize = 5;
+    let env = [
+        ("HERALD_TRANSPORTS__SMTP__RATE", "1"),
+        ("HERALD_WORKERS__SHUTDOWN_GRACE", "0s"),
+    ];
+    let mut app = receipts_queued(db, &env, JOURNEYS).await;
+
+    // One went out at once; the clock stands still, so the others wait for their turn with
+    // their messages `sending` when the stop comes.
+    let wait = std::time::Duration::from_secs(20);
+    app.smtp.wait_for(1, wait).await;
+    let deadline = std::time::Instant::now() + wait;
+    while count(&statuses(&app, JOURNEYS).await, "sending") < JOURNEYS - 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sends never queued up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    app.stop().await;
+    let app = app.restart().await;
+    let after_stop = statuses(&app, JOURNEYS).await;
+    assert_eq!(
+        count(&after_stop, "pending"),
+        JOURNEYS - 1,
+        "{after_stop:?}"
+    );
+
+    // The restarted node sends them, one a second (on PostgreSQL after the slots the
+    // cancelled sends had reserved on the shared timeline).
+    let ticking = async {
+        let deadline = std::time::Instant::now() + wait;
+        while app.smtp.messages().len() < JOURNEYS && std::time::Instant::now() < deadline {
+            app.clock.advance(TimeDelta::seconds(1));
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    let (ran, ()) = tokio::join!(app.run_due(), ticking);
+    assert_eq!(ran, JOURNEYS - 1, "the released jobs ran");
+    assert_eq!(statuses(&app, JOURNEYS).await, ["sent"; JOURNEYS]);
+    assert_eq!(app.smtp.messages().len(), JOURNEYS, "each sent once");
+    app.finish().await;
+}
+both_backends!(sends_cancelled_before_their_turn_go_out_after_a_restart);
+
+/// Herald running its own workers (role `all`) with `env` and the receipt workflow, after one
+/// `order_placed` event for each of `journeys` contacts `c-0`, `c-1`, ….
+async fn receipts_queued(db: Db, env: &[(&str, &str)], journeys: usize) -> TestApp {
+    let options = Options {
+        role: Role::All,
+        examples: false,
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    };
+    let setup = |dir: &std::path::Path| {
+        write(dir, "workflows/receipt.yaml", RECEIPT_WORKFLOW);
+        write(dir, "templates/receipt.hbs", RECEIPT_TEMPLATE);
+    };
+    let app = TestApp::spawn_with(db, options, setup).await;
+    app.contacts_batch(journeys, |i| format!("c-{i}")).await;
+    let events: Vec<_> = (0..journeys)
+        .map(|i| json!({"contact_id": format!("c-{i}"), "name": "order_placed", "properties": {"order_id": i}}))
+        .collect();
+    let (status, body) = app
+        .post("/v1/events/batch", json!({"events": events}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    app
+}
+
+/// The statuses of the messages of contacts `c-0`, `c-1`, … in contact order.
+async fn statuses(app: &TestApp, contacts: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in 0..contacts {
+        for message in app.messages_of(&format!("c-{i}")).await {
+            out.push(message["status"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    out
+}
+
+fn count(statuses: &[String], status: &str) -> usize {
+    statuses.iter().filter(|s| *s == status).count()
+}
