@@ -58,7 +58,7 @@ pub(crate) async fn turn_page(
     if let Some(last) = last {
         payload["cursor"] = serde_json::json!(last);
     }
-    tx.renew_job(&job.id, &core.worker_id, now + core.lease, payload)
+    tx.renew_job(&job.id, &core.worker_id, now + core.lease, Some(payload))
         .await
 }
 

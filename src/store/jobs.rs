@@ -107,25 +107,25 @@ impl Tx {
         Ok(done == 1)
     }
 
-    /// Extends `worker`'s lease on job `id` to `until` and stores its progress; answers false
-    /// when the worker no longer holds it.
+    /// Extends `worker`'s lease on job `id` to `until` and stores its progress, when given;
+    /// answers false when the worker no longer holds it.
     pub async fn renew_job(
         &mut self,
         id: &str,
         worker: &str,
         until: DateTime<Utc>,
-        payload: &serde_json::Value,
+        payload: Option<&serde_json::Value>,
     ) -> Result<bool> {
         let n = self
             .run(
                 Sql::new(
-                    "UPDATE jobs SET locked_until = $3, payload = $4
+                    "UPDATE jobs SET locked_until = $3, payload = COALESCE($4, payload)
                  WHERE id = $1 AND locked_by = $2 AND status = 'running'",
                 )
                 .arg(id)
                 .arg(worker)
                 .arg(until)
-                .arg(sqlx::types::Json(payload)),
+                .arg(payload),
             )
             .await?;
         Ok(n == 1)

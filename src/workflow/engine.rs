@@ -133,10 +133,9 @@ async fn keeping_lease<T>(core: &Core, job: &Arc<Job>, send: impl Future<Output 
                 .group
                 .run(core, &core.store, move |core, tx| {
                     let job = Arc::clone(&renewing);
-                    Box::pin(async move {
-                        tx.renew_job(&job.id, &core.worker_id, until, &job.payload.0)
-                            .await
-                    })
+                    Box::pin(
+                        async move { tx.renew_job(&job.id, &core.worker_id, until, None).await },
+                    )
                 })
                 .await;
             match renewed {
