@@ -3,7 +3,7 @@
 //! quota exhaustion, and the rate and concurrency limits — time from a manual clock.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
@@ -281,6 +281,16 @@ async fn unknown_routes_fail_permanently() {
     assert!(!router.contains("nowhere"));
 }
 
+/// One outbox transport `out` writing into `dir`, limited to `rate` messages a second.
+fn paced_outbox(clock: &Clock, dir: &std::path::Path, rate: f64) -> Arc<Router> {
+    let entry = RouteEntry {
+        transport: Transport::Outbox(Outbox::new("out".to_owned(), dir.to_owned())),
+        limiter: Limiter::new(Some(rate), None),
+        fallback: vec![],
+    };
+    Arc::new(Router::new(clock.clone(), vec![entry]).unwrap())
+}
+
 /// Runs on the current-thread runtime, so every spawned send reserves its slot (in spawn order)
 /// before the clock first moves.
 #[tokio::test]
@@ -288,17 +298,7 @@ async fn the_rate_limit_holds_per_second_on_the_manual_clock() {
     let manual = ManualClock::new(start());
     let clock = Clock::Manual(manual.clone());
     let dir = tempfile::tempdir().unwrap();
-    let router = Arc::new(
-        Router::new(
-            clock.clone(),
-            vec![RouteEntry {
-                transport: Transport::Outbox(Outbox::new("out".to_owned(), dir.path().to_owned())),
-                limiter: Limiter::new(Some(5.0), None),
-                fallback: vec![],
-            }],
-        )
-        .unwrap(),
-    );
+    let router = paced_outbox(&clock, dir.path(), 5.0);
     let (done, mut finished) = watch::channel(Vec::<DateTime<Utc>>::new());
     let done = Arc::new(done);
     for n in 0..20 {
@@ -401,4 +401,46 @@ async fn the_concurrency_limit_holds() {
     assert_eq!(*gate.arrived.borrow(), 6);
     assert_eq!(gate.max_in_flight.load(Ordering::SeqCst), 2);
     server.abort();
+}
+
+/// A send counts as handed over only once a transport is called: not for an unknown route, and
+/// not while it waits for its turn (what lets a stop put such a message back to `pending`).
+#[tokio::test]
+async fn a_send_is_handed_over_only_when_a_transport_is_called() {
+    let manual = ManualClock::new(start());
+    let dir = tempfile::tempdir().unwrap();
+    let router = paced_outbox(&Clock::Manual(manual.clone()), dir.path(), 1.0);
+    let nowhere = AtomicBool::new(false);
+    assert!(
+        router
+            .send_noting("nowhere", &built(0), &nowhere)
+            .await
+            .is_err()
+    );
+    assert!(!nowhere.load(Ordering::SeqCst));
+    let first = AtomicBool::new(false);
+    router.send_noting("out", &built(1), &first).await.unwrap();
+    assert!(first.load(Ordering::SeqCst));
+
+    // One send a second: the next one's turn comes when the clock moves.
+    let second = Arc::new(AtomicBool::new(false));
+    let sending = {
+        let (router, second) = (Arc::clone(&router), Arc::clone(&second));
+        tokio::spawn(async move { router.send_noting("out", &built(2), &second).await })
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while manual.sleepers() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the send never waited"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !second.load(Ordering::SeqCst),
+        "waiting for a turn is no hand-over"
+    );
+    manual.advance(TimeDelta::seconds(1));
+    sending.await.unwrap().unwrap();
+    assert!(second.load(Ordering::SeqCst));
 }
